@@ -1,0 +1,81 @@
+"""Which decoder and which FAME backend a run uses, and why.
+
+One place decides, so that ``dali-fame doctor`` and the trainer always agree. Everything here
+is probed lazily (nothing touches CUDA at import time) and cached per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A selected implementation and the human-readable reason for it."""
+
+    name: str
+    reason: str
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_device_count() -> int:
+    """Number of CUDA devices torch can use (0 on CPU-only machines or CPU builds)."""
+    import torch
+
+    try:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+@functools.lru_cache(maxsize=None)
+def module_version(name: str) -> str | None:
+    """Version string of an importable module, or None when it does not import."""
+    try:
+        mod = importlib.import_module(name)
+    except Exception:
+        return None
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def select_loader(requested: str = "auto") -> Choice:
+    """Pick the video loader: ``"dali"`` on a GPU with DALI, else ``"cpu"`` (PyAV workers).
+
+    ``requested`` is ``"auto"``, ``"dali"`` or ``"cpu"``; forcing ``"dali"`` without a GPU is
+    allowed (DALI's CPU decoder reads VP9 and MJPEG only) and says so in the reason.
+    """
+    if requested not in ("auto", "dali", "cpu"):
+        raise ValueError(f"loader must be one of auto, dali, cpu; got {requested!r}")
+    has_dali = module_version("nvidia.dali") is not None
+    gpus = cuda_device_count()
+    if requested == "cpu":
+        return Choice("cpu", "forced with --loader cpu")
+    if requested == "dali":
+        if not has_dali:
+            raise ValueError("--loader dali was requested but nvidia.dali does not import")
+        where = "GPU (mixed decoding)" if gpus else "CPU (VP9 and MJPEG only: no CUDA device)"
+        return Choice("dali", f"forced with --loader dali; decoding on {where}")
+    if gpus and has_dali:
+        return Choice("dali", f"{gpus} CUDA device(s) and DALI {module_version('nvidia.dali')}")
+    if not gpus:
+        return Choice("cpu", "no CUDA device: CPU loader (PyAV workers)")
+    return Choice("cpu", "CUDA device present but nvidia.dali does not import: CPU loader")
+
+
+def select_fame_backend(requested: str = "auto") -> Choice:
+    """Pick the FAME backend: ``"cuda"`` (CuPy RawKernels) on a GPU with CuPy, else ``"torch"``."""
+    if requested not in ("auto", "cuda", "torch"):
+        raise ValueError(f"FAME backend must be one of auto, cuda, torch; got {requested!r}")
+    gpus = cuda_device_count()
+    has_cupy = module_version("cupy") is not None
+    if requested == "torch":
+        return Choice("torch", "forced: torch reference")
+    if requested == "cuda" and not gpus:
+        raise ValueError("FAME backend 'cuda' was requested but no CUDA device is available")
+    if gpus and has_cupy:
+        return Choice("cuda", f"CUDA device and CuPy {module_version('cupy')}: RawKernels")
+    if gpus:
+        return Choice("torch", "CUDA device but CuPy does not import: torch reference on the GPU")
+    return Choice("torch", "no CUDA device: torch reference on the CPU")

@@ -1,0 +1,92 @@
+"""``dali-fame doctor``: what is installed, what hardware is visible, and what a run would use.
+
+Exit code 0 when a run can start (torch and PyAV import), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+from dali_fame.backends import cuda_device_count, module_version, select_fame_backend, select_loader
+
+PACKAGES = [
+    ("torch", "torch"),
+    ("torchvision", "torchvision"),
+    ("DALI", "nvidia.dali"),
+    ("CuPy", "cupy"),
+    ("PyAV", "av"),
+    ("accelerate", "accelerate"),
+    ("timm", "timm"),
+    ("tensorboard", "tensorboard"),
+]
+
+
+def nvrtc_libraries() -> list[tuple[str, str]]:
+    """(path, "major.minor") of every NVRTC shared library shipped in the installed wheels.
+
+    torch's CUDA 13 build carries NVRTC 13 (nvidia/cu13/lib); nvidia-cuda-nvrtc-cu12 carries
+    NVRTC 12 (nvidia/cuda_nvrtc/lib). CuPy compiles with whichever one the process loaded
+    first: torch loads its own at import, so CuPy's kernels use torch's NVRTC.
+    """
+    found = []
+    for entry in sys.path:
+        base = Path(entry) / "nvidia"
+        for lib in sorted(base.glob("*/lib/libnvrtc.so.*")) if base.is_dir() else []:
+            if "builtins" in lib.name or "alt" in lib.name:
+                continue
+            try:
+                handle = ctypes.CDLL(str(lib))
+                major, minor = ctypes.c_int(), ctypes.c_int()
+                handle.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+                found.append((str(lib), f"{major.value}.{minor.value}"))
+            except OSError as err:
+                found.append((str(lib), f"does not load: {err}"))
+    return found
+
+
+def report() -> tuple[list[str], bool]:
+    """The doctor's lines and whether a run is possible."""
+    lines = [f"python      {platform.python_version()} ({platform.machine()}, {os.cpu_count()} CPUs)"]
+    for label, mod in PACKAGES:
+        lines.append(f"{label:<11} {module_version(mod) or 'not importable'}")
+    import torch
+
+    lines.append(f"torch CUDA  {torch.version.cuda or 'CPU build'}")
+    for path, version in nvrtc_libraries():
+        lines.append(f"NVRTC       {version}  {path}")
+    if not nvrtc_libraries():
+        lines.append("NVRTC       none found (CuPy cannot compile the FAME kernels)")
+    gxx = shutil.which("g++")
+    lines.append(f"g++         {gxx or 'not found'} (host emulation of the CUDA kernels in the tests)")
+    gpus = cuda_device_count()
+    if gpus:
+        for i in range(gpus):
+            props = torch.cuda.get_device_properties(i)
+            lines.append(
+                f"GPU {i}       {props.name}, compute capability {props.major}.{props.minor}, "
+                f"{props.total_memory / 2**30:.1f} GiB"
+            )
+    else:
+        lines.append("GPU         none visible to torch")
+    loader, fame = select_loader(), select_fame_backend()
+    lines.append(f"decoder     {loader.name}: {loader.reason}")
+    lines.append(f"FAME        {fame.name}: {fame.reason}")
+    usable = module_version("torch") is not None and module_version("av") is not None
+    lines.append("status      " + ("OK: ready to run" if usable else "NOT USABLE: torch and PyAV are required"))
+    return lines, usable
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "Exit code 0 when a run can start on this machine."
+
+
+def run(args: argparse.Namespace) -> int:
+    lines, usable = report()
+    print("\n".join(lines))
+    return 0 if usable else 1
