@@ -1,0 +1,1 @@
+"""Training-loop pieces shared by pretraining and the evaluations: schedules, checkpoints, logging."""
