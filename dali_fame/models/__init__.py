@@ -12,10 +12,10 @@ float (B, feature_dim) and has two integer attributes, ``feature_dim`` and
 
 | name          | features | params (no head) | paper input      |
 |---------------|----------|------------------|------------------|
-| r2plus1d_18   | 512      | 31,300,248       | 16 x 112 x 112   |
+| r2plus1d_18   | 512      | 31,300,125       | 16 x 112 x 112   |
 | r3d_18        | 512      | 33,166,272       | 16 x 112 x 112   |
-| i3d           | 1024     | 12,287,312       | 16 x 224 x 224   |
-| tiny          | width=64 | ~0.17 M          | any (tests, CPU) |
+| i3d           | 1024     | 12,287,264       | 16 x 224 x 224   |
+| tiny          | width=64 | ~0.18 M          | any (tests, CPU) |
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def list_backbones() -> list[str]:
 def build_backbone(name: str, **kwargs) -> nn.Module:
     """Build backbone ``name`` with keyword options (e.g. ``tiny``: width=...).
 
-    Raises ValueError for an unknown name (listing the known ones) or a missing ``feature_dim``.
+    Raises ValueError for an unknown name (listing the known ones) (TypeError for a missing ``feature_dim``).
     """
     try:
         factory = _REGISTRY[name]
@@ -63,5 +63,5 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
         ) from None
     model = factory(**kwargs)
     if not isinstance(getattr(model, "feature_dim", None), int):
-        raise ValueError(f"backbone {name!r} does not set an integer feature_dim")
+        raise TypeError(f"backbone {name!r} does not set an integer feature_dim")
     return model

@@ -11,7 +11,11 @@ average of ``Mixed_5c`` (for the standard 16 x 224 x 224 input that is a 2 x 7 x
 exactly what the original ``AvgPool3d([2, 7, 7])`` head averages; the classifier itself is not
 part of the backbone). Time is downsampled by 8, space by 32.
 
-Parameter count without the head: 12,287,312 (12,249,984 convolution weights + 37,328 BatchNorm
+BatchNorm layers carry a learnable scale and offset as in the PyTorch port (Sonnet's
+``snt.BatchNorm`` created only the offset by default, i.e. 7,280 parameters fewer; a converted
+checkpoint sets the scales to 1).
+
+Parameter count without the head: 12,287,264 (12,272,704 convolution weights + 14,560 BatchNorm
 affine parameters; ``tests/models/test_backbones.py`` recomputes it from the layer table).
 """
 
@@ -184,5 +188,5 @@ class I3D(nn.Module):
 
 
 def i3d(*, in_channels: int = 3) -> I3D:
-    """Build the I3D backbone (12,287,312 parameters, 1024-d features)."""
+    """Build the I3D backbone (12,287,264 parameters, 1024-d features)."""
     return I3D(in_channels=in_channels)

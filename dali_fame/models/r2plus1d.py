@@ -84,7 +84,7 @@ class VideoResNetBackbone(VideoResNet):
 
 
 def r2plus1d_18(*, zero_init_residual: bool = False) -> VideoResNetBackbone:
-    """R(2+1)D-18 (Tran et al. 2018) as in torchvision: 31,300,248 parameters without the fc."""
+    """R(2+1)D-18 (Tran et al. 2018) as in torchvision: 31,300,125 parameters without the fc."""
     return VideoResNetBackbone(
         conv_maker=Conv2Plus1D, stem=R2Plus1dStem, zero_init_residual=zero_init_residual
     )

@@ -1,7 +1,7 @@
 """A tiny 3-D CNN for tests and the CPU demo (not a research model).
 
 Four conv3d(3x3x3) + BatchNorm + ReLU stages (strides (1,2,2), 2, 2, 2) and a global average
-pool. With the default width 64 it has about 0.17 M parameters and runs a forward+backward of a
+pool. With the default width 64 it has about 0.18 M parameters and runs a forward+backward of a
 (4, 3, 16, 64, 64) batch in well under a second on one CPU core.
 
 Input: float (B, 3, T, H, W), normalised. Output: float (B, width).

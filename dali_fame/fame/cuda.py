@@ -1,0 +1,423 @@
+"""CuPy launchers of the FAME CUDA kernels (``kernels/*.cu``), the GPU twins of the references.
+
+Each ``<name>_cuda`` here has the signature and the outputs of ``<name>_ref`` in
+:mod:`dali_fame.fame.reference`, for CUDA tensors:
+
+==========================  =====================  =========================================
+launcher                    kernel file            kernels
+==========================  =====================  =========================================
+motion_and_bins_cuda        motion_bins.cu         fame_motion_bins(_vec4)
+color_histograms_cuda       color_hist.cu          fame_color_hist
+merge_cuda                  merge.cu               fame_merge(_vec16)
+merge_normalize_cuda        merge.cu               fame_merge_normalize(_vec16)
+==========================  =====================  =========================================
+
+Conventions (shared/design/architecture.md item 3): inputs are checked (dtype, rank, device,
+contiguity; ``ValueError`` naming the argument); outputs are allocated with torch and handed to
+CuPy zero-copy through DLPack; kernels run on torch's current CUDA stream of the tensors' device;
+grid and block are passed by keyword and every scalar is a typed ``np.int32``; each kernel file
+is compiled by NVRTC once per device (``functools.lru_cache`` keyed by the device index; CuPy also
+keeps its on-disk kernel cache). Every launch is wrapped in an NVTX range named
+``fame.<launcher stem>`` in the ``dali_fame`` domain (see kernels/README.md for nsys / ncu).
+
+Nothing here imports CuPy or touches CUDA at import time; the pure-Python launch-configuration
+helpers (:func:`grid_1d`, :func:`hist_grid`, :func:`motion_vec4_ok`, :func:`merge_vec16_ok`) are
+also used by the host-emulation tests, so those tests exercise the real configurations.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+import sysconfig
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dali_fame.fame.reference import NUM_BINS, check_clips
+
+__all__ = [
+    "BLOCK",
+    "KERNEL_FILES",
+    "NVRTC_OPTIONS",
+    "kernels_dir",
+    "kernel_source",
+    "grid_1d",
+    "hist_grid",
+    "motion_vec4_ok",
+    "merge_vec16_ok",
+    "motion_and_bins_cuda",
+    "color_histograms_cuda",
+    "merge_cuda",
+    "merge_normalize_cuda",
+]
+
+#: threads per block of every kernel (a multiple of the warp size; 8 blocks fill an SM)
+BLOCK = 256
+#: resident 256-thread blocks per SM that the grid-stride grids aim for (2048 threads / SM)
+BLOCKS_PER_SM = 8
+#: pixels each histogram block should cover at least (amortises zeroing and flushing the
+#: 4 x 1000 shared histogram, 16 KB, against the pixels it counts)
+HIST_PIXELS_PER_BLOCK = 4096
+#: kernel file stem -> the extern "C" kernels it defines
+KERNEL_FILES: dict[str, tuple[str, ...]] = {
+    "motion_bins": ("fame_motion_bins", "fame_motion_bins_vec4"),
+    "color_hist": ("fame_color_hist",),
+    "merge": (
+        "fame_merge",
+        "fame_merge_vec16",
+        "fame_merge_normalize",
+        "fame_merge_normalize_vec16",
+    ),
+}
+#: NVRTC options (CuPy adds -arch for the device). No fast-math: the bins are float-exact.
+NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
+#: environment variable that points at a kernels directory explicitly
+KERNELS_DIR_ENV = "DALI_FAME_KERNELS_DIR"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel sources
+
+
+def _kernels_dir_candidates() -> list[Path]:
+    here = Path(__file__).resolve()
+    candidates = []
+    env = os.environ.get(KERNELS_DIR_ENV)
+    if env:
+        candidates.append(Path(env))
+    candidates += [
+        here.parents[2] / "kernels",  # source checkout / editable install: <repo>/kernels
+        here.parent / "kernels",  # shipped as package data: dali_fame/fame/kernels
+        Path(sysconfig.get_path("data")) / "share" / "dali_fame" / "kernels",  # data-files
+        Path(sys.prefix) / "share" / "dali_fame" / "kernels",
+    ]
+    return candidates
+
+
+def kernels_dir() -> Path:
+    """The directory holding ``motion_bins.cu``, ``color_hist.cu`` and ``merge.cu``.
+
+    Searched in order: ``$DALI_FAME_KERNELS_DIR``, ``<repo>/kernels`` next to the package (source
+    checkout or editable install), ``dali_fame/fame/kernels`` (package data),
+    ``<prefix>/share/dali_fame/kernels`` (wheel data files).
+
+    Raises:
+        FileNotFoundError: no candidate holds all kernel files.
+    """
+    candidates = _kernels_dir_candidates()
+    for d in candidates:
+        if all((d / f"{stem}.cu").is_file() for stem in KERNEL_FILES):
+            return d
+    raise FileNotFoundError(
+        "dali_fame.fame.cuda: kernel sources (motion_bins.cu, color_hist.cu, merge.cu) not found "
+        f"in any of {[str(d) for d in candidates]}; set {KERNELS_DIR_ENV} to the repo's kernels/"
+    )
+
+
+def kernel_source(stem: str) -> str:
+    """CUDA C source of ``kernels/<stem>.cu`` (stem in :data:`KERNEL_FILES`)."""
+    if stem not in KERNEL_FILES:
+        raise ValueError(
+            f"dali_fame.fame.cuda: unknown kernel file {stem!r}; expected one of "
+            f"{sorted(KERNEL_FILES)}"
+        )
+    return (kernels_dir() / f"{stem}.cu").read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configuration (pure Python; shared with the host-emulation tests)
+
+
+def grid_1d(work_items: int, *, max_blocks: int, block: int = BLOCK) -> int:
+    """Blocks of a 1-D grid-stride launch: enough for one item per thread, at most max_blocks.
+
+    Args:
+        work_items: items of the grid-stride loop (>= 0).
+        max_blocks: cap, e.g. SMs x BLOCKS_PER_SM; the kernels loop over the rest.
+        block: threads per block.
+    """
+    return max(1, min(math.ceil(work_items / block), max_blocks))
+
+
+def hist_grid(
+    hw: int, num_clips: int, *, max_blocks_per_clip: int, pixels_per_block: int = HIST_PIXELS_PER_BLOCK
+) -> tuple[int, int]:
+    """Grid (blocks per clip, clips) of ``fame_color_hist``.
+
+    Each block privatises a 4 x 1000 histogram, so a block should count several thousand pixels;
+    blockIdx.y is the clip (at most 65535 clips per launch, a CUDA limit on gridDim.y).
+    """
+    per_clip = max(1, min(math.ceil(hw / pixels_per_block), max_blocks_per_clip))
+    return per_clip, num_clips
+
+
+def _aligned(t: torch.Tensor, nbytes: int) -> bool:
+    return t.data_ptr() % nbytes == 0
+
+
+def motion_vec4_ok(hw: int, clips: torch.Tensor, motion: torch.Tensor, bins: torch.Tensor) -> bool:
+    """Whether ``fame_motion_bins_vec4`` may run: H*W % 4 == 0 and aligned pointers."""
+    return hw % 4 == 0 and _aligned(clips, 4) and _aligned(motion, 16) and _aligned(bins, 16)
+
+
+def merge_vec16_ok(hw: int, *tensors: torch.Tensor) -> bool:
+    """Whether the ``*_vec16`` merge kernels may run: H*W % 16 == 0, 16-byte aligned tensors."""
+    return hw % 16 == 0 and all(_aligned(t, 16) for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _check_cuda(name: str, t: torch.Tensor, device: torch.device | None) -> torch.device:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"dali_fame.fame.cuda: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_contiguous():
+        raise ValueError(f"dali_fame.fame.cuda: {name} must be contiguous (call .contiguous() first)")
+    if t.device.type != "cuda":
+        raise ValueError(
+            f"dali_fame.fame.cuda: {name} must be a CUDA tensor, got one on {t.device} "
+            "(use the torch reference, backend='torch', for CPU tensors)"
+        )
+    if device is not None and t.device != device:
+        raise ValueError(
+            f"dali_fame.fame.cuda: {name} is on {t.device} but the other inputs are on {device}"
+        )
+    return t.device
+
+
+def _check_dtype_shape(name: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...],
+                       shape: tuple[int, ...], layout: str) -> None:
+    if t.dtype not in dtypes or tuple(t.shape) != shape:
+        want = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise ValueError(
+            f"dali_fame.fame.cuda: {name} must be {want} {layout} = {shape}, got {t.dtype} "
+            f"{tuple(t.shape)}"
+        )
+
+
+def _check_clips_cuda(clips: torch.Tensor) -> torch.device:
+    check_clips(clips)  # (B, T, H, W, 3) uint8, T >= 2, non-empty: the reference's own checks
+    device = _check_cuda("clips", clips, None)
+    _, t, h, w, _ = clips.shape
+    # int32 kernel arguments; 255 * T must stay exact in float32 (the mean-frame divisor)
+    if 3 * h * w >= 2**31 or 255 * t >= 2**24:
+        raise ValueError(
+            f"dali_fame.fame.cuda: clips of T x H x W = {t} x {h} x {w} exceed the kernels' "
+            "limits (3 H W < 2^31, T <= 65793)"
+        )
+    return device
+
+
+def _check_merge_inputs(
+    clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor
+) -> tuple[torch.device, torch.Tensor]:
+    device = _check_clips_cuda(clips)
+    bsz, _, h, w, _ = clips.shape
+    _check_dtype_shape("mask", mask, (torch.bool, torch.uint8), (bsz, h, w), "(B, H, W)")
+    _check_cuda("mask", mask, device)
+    _check_dtype_shape("perm", perm, (torch.int64,), (bsz,), "(B,)")
+    _check_cuda("perm", perm, device)
+    # bool and uint8 share the byte layout (0 / 1); the kernels read bytes, non-zero = foreground
+    return device, mask.view(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation and launch
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(device_index: int) -> dict[str, object]:
+    """All RawKernels compiled for one device: {kernel name: cupy.RawKernel}."""
+    import cupy
+
+    kernels: dict[str, object] = {}
+    with cupy.cuda.Device(device_index):
+        for stem, names in KERNEL_FILES.items():
+            module = cupy.RawModule(code=kernel_source(stem), options=NVRTC_OPTIONS)
+            for name in names:
+                kernels[name] = module.get_function(name)  # compiles for this device
+    return kernels
+
+
+@functools.lru_cache(maxsize=None)
+def _max_blocks(device_index: int) -> int:
+    sms = torch.cuda.get_device_properties(device_index).multi_processor_count
+    return sms * BLOCKS_PER_SM
+
+
+@contextmanager
+def _on_torch_stream(device: torch.device, nvtx_name: str) -> Iterator[object]:
+    """CuPy device + torch's current stream of ``device`` + an NVTX range; yields cupy."""
+    import cupy
+    import nvtx
+
+    torch_stream = torch.cuda.current_stream(device)
+    if hasattr(cupy.cuda.Stream, "from_external"):  # CuPy >= 14 (ExternalStream deprecated)
+        stream = cupy.cuda.Stream.from_external(torch_stream)
+    else:
+        stream = cupy.cuda.ExternalStream(torch_stream.cuda_stream, device.index)
+    with nvtx.annotate(nvtx_name, domain="dali_fame"), cupy.cuda.Device(device.index), stream:
+        yield cupy
+
+
+def _launch(name: str, device: torch.device, grid: tuple[int, ...], args: tuple, nvtx_name: str) -> None:
+    kernel = _kernels(device.index)[name]
+    with _on_torch_stream(device, nvtx_name) as cupy:
+        cargs = tuple(cupy.from_dlpack(a) if isinstance(a, torch.Tensor) else a for a in args)
+        kernel(grid=grid, block=(BLOCK,), args=cargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+
+
+def motion_and_bins_cuda(
+    clips: torch.Tensor, *, legacy_hue: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Motion map D (spec step 1) and the colour bin of the mean frame (steps 3-4), on the GPU.
+
+    Args:
+        clips: uint8 (B, T, H, W, 3) RGB channels-last, contiguous, CUDA, T >= 2.
+        legacy_hue: reproduce the released code's doubly scaled hue angle (spec step 4).
+
+    Returns:
+        motion: float32 (B, H, W), D on the [0, 1] scale, on clips' device.
+        bins: int32 (B, H, W) in 0..999, equal to motion_and_bins_ref's bins.
+    """
+    device = _check_clips_cuda(clips)
+    bsz, t, h, w, _ = clips.shape
+    hw = h * w
+    motion = torch.empty((bsz, h, w), dtype=torch.float32, device=device)
+    bins = torch.empty((bsz, h, w), dtype=torch.int32, device=device)
+    vec4 = motion_vec4_ok(hw, clips, motion, bins)
+    work = bsz * hw // 4 if vec4 else bsz * hw
+    grid = grid_1d(work, max_blocks=_max_blocks(device.index))
+    _launch(
+        "fame_motion_bins_vec4" if vec4 else "fame_motion_bins",
+        device,
+        (grid,),
+        (clips, motion, bins, np.int32(bsz), np.int32(t), np.int32(hw), np.int32(bool(legacy_hue))),
+        "fame.motion_and_bins",
+    )
+    return motion, bins
+
+
+def color_histograms_cuda(
+    bins: torch.Tensor, seed: torch.Tensor, thr_fg: torch.Tensor, thr_bg: torch.Tensor
+) -> torch.Tensor:
+    """Per-clip colour-bin counts of the foreground / background seed pixels (steps 5-6).
+
+    Args:
+        bins: int32 (B, H, W) in 0..999 (a bin outside that range is not counted), CUDA.
+        seed: float32 (B, H, W), the seed map S, same device.
+        thr_fg: float32 (B,), the kF-th largest seed value of each clip.
+        thr_bg: float32 (B,), the kB-th smallest seed value of each clip.
+
+    Returns:
+        int32 (B, 4, 1000): counts per bin of the pixels with [0] seed > thr_fg,
+        [1] seed == thr_fg, [2] seed < thr_bg, [3] seed == thr_bg (= color_histograms_ref).
+    """
+    if not isinstance(bins, torch.Tensor) or bins.dim() != 3:
+        raise ValueError(
+            "dali_fame.fame.cuda: bins must be an int32 tensor (B, H, W), got "
+            f"{getattr(bins, 'dtype', type(bins).__name__)} {tuple(getattr(bins, 'shape', ()))}"
+        )
+    bsz, h, w = bins.shape
+    _check_dtype_shape("bins", bins, (torch.int32,), (bsz, h, w), "(B, H, W)")
+    device = _check_cuda("bins", bins, None)
+    _check_dtype_shape("seed", seed, (torch.float32,), (bsz, h, w), "(B, H, W)")
+    _check_cuda("seed", seed, device)
+    for name, thr in (("thr_fg", thr_fg), ("thr_bg", thr_bg)):
+        _check_dtype_shape(name, thr, (torch.float32,), (bsz,), "(B,)")
+        _check_cuda(name, thr, device)
+    if bsz > 65535:
+        raise ValueError(f"dali_fame.fame.cuda: at most 65535 clips per call, got {bsz}")
+    hist = torch.zeros((bsz, 4, NUM_BINS), dtype=torch.int32, device=device)
+    if bsz == 0 or h * w == 0:
+        return hist
+    grid = hist_grid(h * w, bsz, max_blocks_per_clip=max(1, _max_blocks(device.index) // BLOCKS_PER_SM))
+    _launch(
+        "fame_color_hist",
+        device,
+        grid,
+        (bins, seed, thr_fg, thr_bg, hist, np.int32(h * w)),
+        "fame.color_histograms",
+    )
+    return hist
+
+
+def merge_cuda(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Foreground-background merge (spec section 2), a per-pixel select over all frames.
+
+    Args:
+        clips: uint8 (B, T, H, W, 3) RGB channels-last, contiguous, CUDA.
+        mask: bool or uint8 (B, H, W), non-zero = foreground (kept from the clip itself).
+        perm: int64 (B,), a permutation of 0..B-1: clip b takes its background from perm[b]
+            (an entry outside 0..B-1 leaves clip b's own pixels in place).
+
+    Returns:
+        uint8 (B, T, H, W, 3) contiguous, equal to merge_ref.
+    """
+    device, mask_u8 = _check_merge_inputs(clips, mask, perm)
+    bsz, t, h, w, _ = clips.shape
+    hw = h * w
+    out = torch.empty_like(clips, memory_format=torch.contiguous_format)
+    vec16 = merge_vec16_ok(hw, clips, mask_u8, out)
+    work = bsz * t * (hw // 16 if vec16 else hw)
+    _launch(
+        "fame_merge_vec16" if vec16 else "fame_merge",
+        device,
+        (grid_1d(work, max_blocks=_max_blocks(device.index)),),
+        (clips, mask_u8, perm, out, np.int32(bsz), np.int32(t), np.int32(hw)),
+        "fame.merge",
+    )
+    return out
+
+
+def merge_normalize_cuda(
+    clips: torch.Tensor,
+    mask: torch.Tensor,
+    perm: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> torch.Tensor:
+    """Merge (as :func:`merge_cuda`) fused with normalisation into the model's layout.
+
+    Args:
+        clips: uint8 (B, T, H, W, 3) RGB channels-last, contiguous, CUDA.
+        mask: bool or uint8 (B, H, W).
+        perm: int64 (B,).
+        mean: float32 (3,) per-channel mean on the [0, 1] scale (any device; copied if needed).
+        std: float32 (3,) per-channel standard deviation on the [0, 1] scale.
+
+    Returns:
+        float32 (B, 3, T, H, W) contiguous: ``(x / 255 - mean[c]) / std[c]`` of the merged clip
+        in float32 in exactly that order of operations (bit-equal to merge_normalize_ref on CPU).
+    """
+    device, mask_u8 = _check_merge_inputs(clips, mask, perm)
+    for name, v in (("mean", mean), ("std", std)):
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"dali_fame.fame.cuda: {name} must be a torch.Tensor float32 (3,)")
+        _check_dtype_shape(name, v, (torch.float32,), (3,), "(3,)")
+    mean_d = mean.to(device).contiguous()
+    std_d = std.to(device).contiguous()
+    bsz, t, h, w, _ = clips.shape
+    hw = h * w
+    out = torch.empty((bsz, 3, t, h, w), dtype=torch.float32, device=device)
+    vec16 = merge_vec16_ok(hw, clips, mask_u8, out)
+    work = bsz * t * (hw // 16 if vec16 else hw)
+    _launch(
+        "fame_merge_normalize_vec16" if vec16 else "fame_merge_normalize",
+        device,
+        (grid_1d(work, max_blocks=_max_blocks(device.index)),),
+        (clips, mask_u8, perm, mean_d, std_d, out, np.int32(bsz), np.int32(t), np.int32(hw)),
+        "fame.merge_normalize",
+    )
+    return out

@@ -1,0 +1,223 @@
+"""The FAME steps that run in torch on every backend (spec section 1, steps 2 and 5-8).
+
+The dispatch swaps only the four intermediates of :mod:`dali_fame.fame.reference` (motion and
+bins, colour histograms, merge, fused merge + normalise); the Gaussian blur, min-max, the seed
+thresholds, the likelihoods and the exact top-k selection below are shared, device-agnostic
+torch. All maps are float32 (B, H, W) unless stated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dali_fame.fame.reference import NUM_BINS, true_div
+
+__all__ = [
+    "blur_kernel_size",
+    "gaussian_kernel1d",
+    "gaussian_blur",
+    "minmax",
+    "kth_largest",
+    "seed_thresholds",
+    "likelihoods",
+    "soft_mask",
+    "select_top",
+]
+
+#: the minmax epsilon of spec step 2 (and the likelihood epsilon of step 6)
+EPS = 1e-8
+
+
+def blur_kernel_size(height: int, width: int) -> int:
+    """Gaussian kernel size k = (int(0.1 * crop) // 2) * 2 + 1 with crop = min(H, W).
+
+    23 for crop 224, 11 for crop 112, 1 (no blur) below crop 20.
+    """
+    crop = min(height, width)
+    return (int(0.1 * crop) // 2) * 2 + 1
+
+
+def gaussian_kernel1d(size: int, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Normalised 1-D Gaussian taps, sigma = size / 3, centred on size // 2.
+
+    Returns:
+        float32 (size,), computed in float64 and rounded once.
+    """
+    sigma = size / 3.0
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(x * x) / (2.0 * sigma * sigma))
+    return (g / g.sum()).to(device=device, dtype=torch.float32)
+
+
+def _blur_axis(x: torch.Tensor, taps: list[float], dim: int) -> torch.Tensor:
+    """1-D symmetric filter along ``dim`` (1 or 2) of a (B, H, W) map, reflect padding.
+
+    out = w0 * x[0] + sum_{i=1..p} w_i * (x[-i] + x[+i]) as separate float32 elementwise ops in
+    this fixed order: each op is one IEEE rounding, so the result is bit-identical on CPU and
+    GPU (a convolution would depend on the library's algorithm, and cuDNN may use TF32).
+    """
+    p = len(taps) // 2
+    n = x.shape[dim]
+    pad = (p, p, 0, 0) if dim == 2 else (0, 0, p, p)
+    xp = F.pad(x[:, None], pad, mode="reflect")[:, 0]
+    out = xp.narrow(dim, p, n) * taps[p]
+    for i in range(1, p + 1):
+        pair = xp.narrow(dim, p - i, n) + xp.narrow(dim, p + i, n)
+        out += pair.mul_(taps[p + i])
+    return out
+
+
+def gaussian_blur(x: torch.Tensor) -> torch.Tensor:
+    """Separable 2-D Gaussian blur with reflect padding (spec step 2), along W then H.
+
+    Args:
+        x: float32 (B, H, W); the kernel size follows from min(H, W).
+
+    Returns:
+        float32 (B, H, W), bit-identical on every device (see :func:`_blur_axis`).
+    """
+    _, h, w = x.shape
+    k = blur_kernel_size(h, w)
+    if k == 1:
+        return x.clone()
+    taps = gaussian_kernel1d(k).tolist()  # Python floats holding float32 values exactly
+    return _blur_axis(_blur_axis(x, taps, 2), taps, 1)
+
+
+def minmax(x: torch.Tensor) -> torch.Tensor:
+    """Per-clip min-max: (x - min x) / (max(x - min x) + 1e-8).
+
+    Args:
+        x: float32 (B, H, W).
+
+    Returns:
+        float32 (B, H, W) in [0, 1).
+    """
+    flat = x.reshape(x.shape[0], -1)
+    shifted = flat - flat.amin(dim=1, keepdim=True)
+    return (shifted / (shifted.amax(dim=1, keepdim=True) + EPS)).view_as(x)
+
+
+def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest value of each row.
+
+    Args:
+        x: float32 (B, N).
+        k: 1..N.
+
+    Returns:
+        float32 (B,).
+    """
+    n = x.shape[1]
+    return torch.kthvalue(x, n - k + 1, dim=1).values
+
+
+def seed_thresholds(
+    seed: torch.Tensor, *, k_fg: int, k_bg: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Thresholds of the foreground / background seed sets (spec step 5).
+
+    Args:
+        seed: float32 (B, H, W).
+        k_fg: number of foreground seed pixels kF (0..H*W).
+        k_bg: number of background seed pixels kB (0..H*W).
+
+    Returns:
+        thr_fg: float32 (B,), the kF-th largest seed value (+inf when kF = 0: an empty set).
+        thr_bg: float32 (B,), the kB-th smallest seed value (-inf when kB = 0).
+    """
+    flat = seed.reshape(seed.shape[0], -1)
+    bsz = flat.shape[0]
+    if k_fg > 0:
+        thr_fg = kth_largest(flat, k_fg)
+    else:
+        thr_fg = torch.full((bsz,), math.inf, dtype=torch.float32, device=seed.device)
+    if k_bg > 0:
+        thr_bg = torch.kthvalue(flat, k_bg, dim=1).values
+    else:
+        thr_bg = torch.full((bsz,), -math.inf, dtype=torch.float32, device=seed.device)
+    return thr_fg.contiguous(), thr_bg.contiguous()
+
+
+def _tie_weighted(strict: torch.Tensor, tied: torch.Tensor, k: int) -> torch.Tensor:
+    """cF = strict + tied * (k - n_strict) / n_tied: weights summing to exactly k."""
+    n_strict = strict.sum(dim=1, keepdim=True)
+    n_tied = tied.sum(dim=1, keepdim=True)
+    weight = torch.where(
+        n_tied > 0, (k - n_strict).float() / n_tied.clamp(min=1).float(), torch.zeros(())
+    )
+    return strict.float() + tied.float() * weight
+
+
+def likelihoods(counts: torch.Tensor, *, k_fg: int, k_bg: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour likelihoods pF and pB from the histogram counts (spec step 6).
+
+    Args:
+        counts: int32 (B, 4, 1000) from ``color_histograms``.
+        k_fg, k_bg: the seed set sizes kF and kB.
+
+    Returns:
+        p_fg: float32 (B, 1000), cF / (sum(cF) + 1e-8).
+        p_bg: float32 (B, 1000), (cB + 1) / (sum(cB + 1) + 1e-8).
+    """
+    c_fg = _tie_weighted(counts[:, 0], counts[:, 1], k_fg)
+    c_bg = _tie_weighted(counts[:, 2], counts[:, 3], k_bg) + 1.0
+    # sum(cF) = kF and sum(cB + 1) = kB + 1000 exactly, by construction of the tie weights. Using
+    # these exact sums instead of a float reduction (whose order depends on the device) keeps pF
+    # and pB bit-identical everywhere; without ties they equal the released code's values, whose
+    # float32 sums of integer counts are exact. The float32 rounding of (k + 1e-8) is that of
+    # float32(k) + float32(1e-8).
+    p_fg = true_div(c_fg, float(torch.tensor(float(k_fg)) + EPS))
+    p_bg = true_div(c_bg, float(torch.tensor(float(k_bg + NUM_BINS)) + EPS))
+    return p_fg, p_bg
+
+
+def soft_mask(bins: torch.Tensor, p_fg: torch.Tensor, p_bg: torch.Tensor) -> torch.Tensor:
+    """M = pF[bin] / (pF[bin] + pB[bin]) (spec step 7, before the blur).
+
+    Args:
+        bins: int32 (B, H, W) in 0..999.
+        p_fg, p_bg: float32 (B, 1000).
+
+    Returns:
+        float32 (B, H, W) in [0, 1].
+    """
+    idx = bins.reshape(bins.shape[0], -1).long()
+    f = p_fg.gather(1, idx)
+    b = p_bg.gather(1, idx)
+    return (f / (f + b)).view(bins.shape)
+
+
+def select_top(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Exactly k pixels with the largest score per clip; ties go to the lower row-major index.
+
+    Deterministic and device-independent given the scores: the k-th largest value t is found
+    exactly (kthvalue), every pixel above t is taken, and the remaining slots go to the first
+    pixels equal to t in row-major order.
+
+    Args:
+        score: float32 (B, H, W) (any real dtype; no NaN).
+        k: 0..H*W.
+
+    Returns:
+        bool (B, H, W) with exactly k True per clip.
+    """
+    bsz = score.shape[0]
+    flat = score.reshape(bsz, -1)
+    n = flat.shape[1]
+    if not 0 <= k <= n:
+        raise ValueError(f"dali_fame.fame: cannot select {k} of {n} pixels")
+    if k == 0:
+        return torch.zeros(score.shape, dtype=torch.bool, device=score.device)
+    if k == n:
+        return torch.ones(score.shape, dtype=torch.bool, device=score.device)
+    thr = kth_largest(flat, k)[:, None]
+    above = flat > thr
+    tied = flat == thr
+    slots = k - above.sum(dim=1, keepdim=True)
+    take_tied = tied & (tied.cumsum(dim=1) <= slots)
+    return (above | take_tied).view(score.shape)
+

@@ -1,0 +1,294 @@
+"""Torch reference of the four FAME intermediates that the CUDA kernels reproduce.
+
+This file is the executable contract of ``kernels/*.cu`` (see ``dali_fame/fame/cuda.py``): each
+``<name>_ref`` here has a ``<name>_cuda`` twin with the same signature and the same outputs.
+Integer outputs must match exactly, float outputs closely. Everything is device-agnostic torch
+(CPU or CUDA tensors). The spec is ``shared/design/fame-spec.md`` sections 1-2; step numbers
+below refer to its section 1.
+
+Exact float32 arithmetic (so that a kernel can match the integer outputs bit for bit; every
+operation is one IEEE float32 operation rounded to nearest, no FMA contraction):
+
+* motion (step 1): ``D = float(sum_{t>=1} sum_c |X[t,c] - X[t-1,c]|) / float(255 * (T - 1))``.
+  The sum is an exact integer, so D is one correctly rounded division.
+* mean frame (step 3): ``Xbar_c = float(sum_t X[t,c]) / float(255 * T)``, likewise exact.
+* HSV (step 4), with r, g, b = Xbar:
+  ``v = max(r, g, b)``; ``mn = min(r, g, b)``; ``delta = v - mn``; ``s = delta / (v + 1e-8f)``;
+  ``dl = delta == 0 ? 1 : delta``;
+  ``h6 = (g - b) / dl`` if r is the max, else ``2 + (b - r) / dl`` if g is, else
+  ``4 + (r - g) / dl`` (the first of r, g, b wins a tie for the max);
+  ``a = h6 / 6``; ``frac = a < 0 ? a + 1 : a`` (== torch.remainder(a, 1));
+  ``theta = 6.2831855f * frac`` (float32(2*pi)); legacy hue: ``theta = (theta * 2) * 3.1415927f``
+  (float32(pi); the released code's ``h * 2 * np.pi`` evaluated left to right).
+  ``c = (float)cos((double)theta)``, ``sn = (float)sin((double)theta)``: the trigonometry is done
+  in float64 and rounded once, so that the result does not depend on a libm's float32 accuracy.
+  ``px = (s * c + 1) / 2``; ``py = (s * sn + 1) / 2``;
+  ``q(u) = rint(u * 9 + 1) - 1`` (rint: round half to even, like torch.round);
+  ``bin = q(px) + 10 * q(py) + 100 * q(v)``, an int32 in 0..999.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "NUM_BINS",
+    "TWO_PI_F32",
+    "PI_F32",
+    "check_clips",
+    "true_div",
+    "motion_and_bins_ref",
+    "color_histograms_ref",
+    "merge_ref",
+    "merge_normalize_ref",
+]
+
+#: colour bins: 10 levels each of the hue-disk x, hue-disk y and value (spec step 4)
+NUM_BINS = 1000
+#: float32(2*pi) and float32(pi), the constants torch uses when a float32 tensor is multiplied by
+#: the Python floats 2*math.pi and math.pi
+TWO_PI_F32 = float(torch.tensor(2.0 * math.pi, dtype=torch.float32))
+PI_F32 = float(torch.tensor(math.pi, dtype=torch.float32))
+
+
+def check_clips(clips: torch.Tensor, *, name: str = "clips", allow_float: bool = False) -> None:
+    """Raise ValueError unless ``clips`` is a (B, T, H, W, 3) clip batch with T >= 2.
+
+    Args:
+        clips: uint8 (B, T, H, W, 3) RGB, channels-last (DALI's layout); floating point in
+            [0, 1] too when ``allow_float`` (the range is checked by the public API).
+        name: how the error message calls the tensor.
+        allow_float: accept floating dtypes besides uint8.
+    """
+    if not isinstance(clips, torch.Tensor):
+        raise ValueError(f"dali_fame.fame: {name} must be a torch.Tensor, got {type(clips).__name__}")
+    if clips.dim() != 5 or clips.shape[-1] != 3:
+        raise ValueError(
+            f"dali_fame.fame: {name} must have layout (B, T, H, W, 3) RGB channels-last, "
+            f"got shape {tuple(clips.shape)} (a (B, 3, T, H, W) model tensor is not accepted)"
+        )
+    ok_dtype = clips.dtype == torch.uint8 or (allow_float and clips.dtype.is_floating_point)
+    if not ok_dtype:
+        want = "uint8 or floating point in [0, 1]" if allow_float else "uint8"
+        raise ValueError(f"dali_fame.fame: {name} must be {want}, got {clips.dtype}")
+    b, t, h, w, _ = clips.shape
+    if t < 2:
+        raise ValueError(
+            f"dali_fame.fame: {name} needs T >= 2 frames for the motion map, got T = {t}"
+        )
+    if b < 1 or h < 1 or w < 1:
+        raise ValueError(f"dali_fame.fame: {name} is empty, shape {tuple(clips.shape)}")
+
+
+def _check_contiguous(x: torch.Tensor, name: str) -> None:
+    # The CUDA launchers read raw pointers; the reference keeps the same contract.
+    if not x.is_contiguous():
+        raise ValueError(f"dali_fame.fame: {name} must be contiguous (call .contiguous() first)")
+
+
+def true_div(x: torch.Tensor, divisor: float) -> torch.Tensor:
+    """x / divisor as an IEEE division on every device.
+
+    torch's CUDA kernels compute ``tensor / python_scalar`` as ``tensor * (1 / scalar)``, which is
+    not always the correctly rounded quotient; a divisor tensor on x's device keeps the true
+    division (the CPU always divides).
+    """
+    return x / torch.tensor(divisor, dtype=x.dtype, device=x.device)
+
+
+def _q10(u: torch.Tensor) -> torch.Tensor:
+    """Quantise float32 u in [0, 1] to 0..9: rint(u * 9 + 1) - 1 (not always rint(9u))."""
+    return torch.round(u * 9.0 + 1.0).to(torch.int32) - 1
+
+
+def _bins_from_mean(
+    r: torch.Tensor, g: torch.Tensor, b: torch.Tensor, *, legacy_hue: bool
+) -> torch.Tensor:
+    """Colour bin of each pixel of the mean frame (spec step 4; exact ops in the module doc).
+
+    Args:
+        r, g, b: float32 (...) mean-frame channels in [0, 1], same shape.
+        legacy_hue: multiply the hue angle by 2*pi once more, as the released code does.
+
+    Returns:
+        int32 (...) in 0..999.
+    """
+    v = torch.maximum(torch.maximum(r, g), b)
+    delta = v - torch.minimum(torch.minimum(r, g), b)
+    s = delta / (v + 1e-8)
+    dl = torch.where(delta == 0, torch.ones_like(delta), delta)
+    r_max = r == v  # the first of r, g, b wins a tie for the max
+    g_max = g == v
+    h6 = torch.where(
+        r_max, (g - b) / dl, torch.where(g_max, 2.0 + (b - r) / dl, 4.0 + (r - g) / dl)
+    )
+    a = true_div(h6, 6.0)
+    frac = torch.where(a < 0, a + 1.0, a)
+    theta = frac * TWO_PI_F32
+    if legacy_hue:
+        theta = (theta * 2.0) * PI_F32
+    theta64 = theta.double()
+    px = (s * theta64.cos().float() + 1.0) / 2.0
+    py = (s * theta64.sin().float() + 1.0) / 2.0
+    return _q10(px) + 10 * _q10(py) + 100 * _q10(v)
+
+
+def motion_and_bins_ref(
+    clips: torch.Tensor, *, legacy_hue: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Motion map D (spec step 1) and the colour bin of the mean frame (steps 3-4).
+
+    Args:
+        clips: uint8 (B, T, H, W, 3) RGB channels-last, contiguous, T >= 2.
+        legacy_hue: reproduce the released code's doubly scaled hue angle (spec step 4).
+
+    Returns:
+        motion: float32 (B, H, W), D on the [0, 1] scale (0..3).
+        bins: int32 (B, H, W) in 0..999.
+    """
+    check_clips(clips)
+    _check_contiguous(clips, "clips")
+    bsz, t, h, w, _ = clips.shape
+    n = h * w * 3
+    # Integer sums are exact; int16 halves the memory traffic while 255 * T fits.
+    acc = torch.int16 if 255 * t <= torch.iinfo(torch.int16).max else torch.int32
+    motion_int = torch.empty(bsz, h * w, dtype=torch.int32, device=clips.device)
+    mean_int = torch.empty(bsz, n, dtype=acc, device=clips.device)
+    # One clip at a time: torch reduces a contiguous (T, N) over dim 0 much faster than a
+    # batched (B, T, N) over dim 1, and the (T-1, N) uint8 difference stays in cache.
+    for i in range(bsz):
+        x = clips[i].view(t, n)
+        later, earlier = x[1:], x[:-1]
+        diff = torch.maximum(later, earlier)
+        diff.sub_(torch.minimum(later, earlier))  # |a - b| exactly in uint8
+        per_channel = diff.sum(dim=0, dtype=acc).view(h * w, 3)
+        torch.sum(per_channel, dim=1, dtype=torch.int32, out=motion_int[i])
+        torch.sum(x, dim=0, dtype=acc, out=mean_int[i])
+    motion = true_div(motion_int.float(), float(255 * (t - 1))).view(bsz, h, w)
+    # Planar (3, B, H*W) so that r, g and b are contiguous for the elementwise HSV maths.
+    planes = mean_int.view(bsz, h * w, 3).permute(2, 0, 1).to(
+        torch.float32, memory_format=torch.contiguous_format
+    )
+    r, g, b = true_div(planes, float(255 * t)).unbind(0)
+    bins = _bins_from_mean(r, g, b, legacy_hue=legacy_hue).view(bsz, h, w)
+    return motion, bins
+
+
+def color_histograms_ref(
+    bins: torch.Tensor, seed: torch.Tensor, thr_fg: torch.Tensor, thr_bg: torch.Tensor
+) -> torch.Tensor:
+    """Per-clip colour-bin counts of the foreground / background seed pixels (spec steps 5-6).
+
+    The fractional tie weights are formed from these integer counts afterwards (in torch), so that
+    the kernel stays integer-exact.
+
+    Args:
+        bins: int32 (B, H, W) in 0..999.
+        seed: float32 (B, H, W), the seed map S.
+        thr_fg: float32 (B,), the kF-th largest seed value of each clip (+inf when kF = 0).
+        thr_bg: float32 (B,), the kB-th smallest seed value of each clip (-inf when kB = 0).
+
+    Returns:
+        int32 (B, 4, 1000): counts per bin of the pixels with [0] seed > thr_fg,
+        [1] seed == thr_fg, [2] seed < thr_bg, [3] seed == thr_bg.
+    """
+    if bins.dtype != torch.int32 or bins.dim() != 3:
+        raise ValueError(f"dali_fame.fame: bins must be int32 (B, H, W), got {bins.dtype} "
+                         f"{tuple(bins.shape)}")
+    if seed.dtype != torch.float32 or seed.shape != bins.shape:
+        raise ValueError(f"dali_fame.fame: seed must be float32 of the shape of bins "
+                         f"{tuple(bins.shape)}, got {seed.dtype} {tuple(seed.shape)}")
+    bsz = bins.shape[0]
+    for name, thr in (("thr_fg", thr_fg), ("thr_bg", thr_bg)):
+        if thr.dtype != torch.float32 or thr.shape != (bsz,):
+            raise ValueError(f"dali_fame.fame: {name} must be float32 ({bsz},), got "
+                             f"{thr.dtype} {tuple(thr.shape)}")
+    b_flat = bins.reshape(bsz, -1).long()
+    s_flat = seed.reshape(bsz, -1)
+    fg_t, bg_t = thr_fg[:, None], thr_bg[:, None]
+    # Category 0..3 per pixel for the foreground pair and the background pair; 4 = none. A pixel
+    # may belong to one foreground and one background category, hence two passes.
+    four = torch.full_like(b_flat, 4)
+    cat_fg = torch.where(s_flat > fg_t, 0, torch.where(s_flat == fg_t, 1, four))
+    cat_bg = torch.where(s_flat < bg_t, 2, torch.where(s_flat == bg_t, 3, four))
+    base = torch.arange(bsz, device=bins.device)[:, None] * (5 * NUM_BINS)
+    counts = torch.zeros(bsz * 5 * NUM_BINS, dtype=torch.int64, device=bins.device)
+    for cat in (cat_fg, cat_bg):
+        counts += torch.bincount(
+            (base + cat * NUM_BINS + b_flat).reshape(-1), minlength=bsz * 5 * NUM_BINS
+        )
+    return counts.view(bsz, 5, NUM_BINS)[:, :4].to(torch.int32).contiguous()
+
+
+def _check_merge_inputs(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> None:
+    check_clips(clips)
+    _check_contiguous(clips, "clips")
+    bsz, _, h, w, _ = clips.shape
+    if mask.shape != (bsz, h, w) or mask.dtype not in (torch.bool, torch.uint8):
+        raise ValueError(f"dali_fame.fame: mask must be bool or uint8 ({bsz}, {h}, {w}), got "
+                         f"{mask.dtype} {tuple(mask.shape)}")
+    if perm.shape != (bsz,) or perm.dtype != torch.int64:
+        raise ValueError(f"dali_fame.fame: perm must be int64 ({bsz},), got {perm.dtype} "
+                         f"{tuple(perm.shape)}")
+    if mask.device != clips.device or perm.device != clips.device:
+        raise ValueError("dali_fame.fame: clips, mask and perm must be on the same device")
+
+
+def merge_ref(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Foreground-background merge (spec section 2): a per-pixel select, exact in uint8.
+
+    Args:
+        clips: uint8 (B, T, H, W, 3) RGB channels-last, contiguous.
+        mask: bool or uint8 (B, H, W); nonzero = foreground (kept from the clip itself).
+        perm: int64 (B,), a permutation of 0..B-1: clip b takes its background from perm[b].
+
+    Returns:
+        uint8 (B, T, H, W, 3): out[b] = clips[b] where mask[b], clips[perm[b]] elsewhere,
+        for every frame and channel.
+    """
+    _check_merge_inputs(clips, mask, perm)
+    keep = mask.bool()[:, None, :, :, None]  # broadcast over T and the channels
+    out = torch.empty_like(clips)
+    # One clip at a time: reads two clips and writes one, without a permuted batch copy.
+    for b, src in enumerate(perm.tolist()):
+        torch.where(keep[b], clips[b], clips[src], out=out[b])
+    return out
+
+
+def merge_normalize_ref(
+    clips: torch.Tensor,
+    mask: torch.Tensor,
+    perm: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> torch.Tensor:
+    """Merge (as :func:`merge_ref`) fused with normalisation into the model's layout.
+
+    Args:
+        clips: uint8 (B, T, H, W, 3) RGB channels-last, contiguous.
+        mask: bool or uint8 (B, H, W).
+        perm: int64 (B,).
+        mean: float32 (3,) per-channel mean on the [0, 1] scale.
+        std: float32 (3,) per-channel standard deviation on the [0, 1] scale.
+
+    Returns:
+        float32 (B, 3, T, H, W) contiguous: ``(x / 255 - mean[c]) / std[c]`` of the merged clip,
+        in float32 in exactly that order of operations.
+    """
+    _check_merge_inputs(clips, mask, perm)
+    for name, v in (("mean", mean), ("std", std)):
+        if v.shape != (3,) or v.dtype != torch.float32:
+            raise ValueError(f"dali_fame.fame: {name} must be float32 (3,), got {v.dtype} "
+                             f"{tuple(v.shape)}")
+    bsz, t, h, w, _ = clips.shape
+    keep = mask.bool()[:, None, :, :, None]
+    mean_c = mean.to(clips.device)[:, None, None, None]
+    std_c = std.to(clips.device)[:, None, None, None]
+    out = torch.empty(bsz, 3, t, h, w, dtype=torch.float32, device=clips.device)
+    for b, src in enumerate(perm.tolist()):
+        merged = torch.where(keep[b], clips[b], clips[src])  # (T, H, W, 3) uint8
+        x = true_div(merged.permute(3, 0, 1, 2).float(), 255.0)  # (3, T, H, W)
+        torch.div(x.sub_(mean_c), std_c, out=out[b])
+    return out

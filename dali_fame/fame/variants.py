@@ -1,0 +1,66 @@
+"""Score maps of the FAME mask variants (spec section 3; paper Table 3).
+
+Every variant produces a float32 (B, H, W) score that the same exact top-k rule
+(:func:`dali_fame.fame.ops.select_top`, int(beta*H*W) pixels, ties to the lower row-major index)
+turns into the binary mask, so every variant has the exact foreground count.
+
+* ``"fame"``: the soft colour mask M (the full method, default);
+* ``"seed"``: the seed S = minmax(blur(D)) itself;
+* ``"gauss"``: a centred 2-D Gaussian (content-independent);
+* ``"grid"``: a 4 x 4 grid ranked by the sum of S per cell.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["VARIANTS", "GRID_CELLS", "gauss_score", "grid_score"]
+
+VARIANTS = ("fame", "seed", "gauss", "grid")
+#: the grid variant splits each frame into GRID_CELLS x GRID_CELLS cells
+GRID_CELLS = 4
+
+
+def gauss_score(batch: int, height: int, width: int, *, device: torch.device | str) -> torch.Tensor:
+    """Centred Gaussian map, sigma = size / 4 along each axis.
+
+    Only the ordering matters after top-k: the mask is the int(beta*H*W) pixels nearest the
+    centre in the (H, W)-scaled metric, i.e. a centred disc (an ellipse when H != W); the
+    symmetric ties are broken by row-major index.
+
+    Returns:
+        float32 (B, H, W), the same map for every clip.
+    """
+    y = (torch.arange(height, dtype=torch.float64) - (height - 1) / 2) / (height / 4)
+    x = (torch.arange(width, dtype=torch.float64) - (width - 1) / 2) / (width / 4)
+    g = torch.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2)).float()
+    return g.to(device).expand(batch, height, width).contiguous()
+
+
+def grid_score(seed: torch.Tensor) -> torch.Tensor:
+    """Per-pixel score of the grid variant: the rank of its cell by the sum of S in the cell.
+
+    Rows h belong to cell row (h * 4) // H, columns likewise, so unequal cells differ by at most
+    one row / column. Cells are ranked by their sum of S, ties to the lower cell index (row-major);
+    the pixel score is 16 - rank. With beta = 0.5 and H, W divisible by 4 the top-k rule then takes
+    exactly the 8 best cells; otherwise whole cells in rank order and the remainder of the next
+    cell in row-major order.
+
+    Args:
+        seed: float32 (B, H, W), the seed S.
+
+    Returns:
+        float32 (B, H, W).
+    """
+    bsz, h, w = seed.shape
+    n_cells = GRID_CELLS * GRID_CELLS
+    rows = torch.arange(h, device=seed.device) * GRID_CELLS // h
+    cols = torch.arange(w, device=seed.device) * GRID_CELLS // w
+    cell = (rows[:, None] * GRID_CELLS + cols[None, :]).reshape(-1)  # (H*W,)
+    sums = torch.zeros(bsz, n_cells, dtype=torch.float64, device=seed.device)
+    sums.index_add_(1, cell, seed.reshape(bsz, -1).double())
+    order = torch.sort(sums, dim=1, descending=True, stable=True).indices  # best cell first
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n_cells, device=seed.device).expand(bsz, n_cells))
+    cell_score = (n_cells - rank).float()
+    return cell_score[:, cell].view(bsz, h, w)

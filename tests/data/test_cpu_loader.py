@@ -1,0 +1,284 @@
+"""CPU loader: exact frames vs a direct PyAV decode, crops, sharding, bad files, eval mode."""
+
+from __future__ import annotations
+
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import RandomResizedCrop
+
+from dali_fame.data import video_io
+from dali_fame.data.cpu_loader import (
+    CropWindow,
+    FrameDecoder,
+    build_cpu_loader,
+    center_square_window,
+    clip_crop_window,
+    random_resized_crop_box,
+)
+from dali_fame.data.records import VideoRecord
+from dali_fame.data.sampler import eval_clip_indices, train_clip_indices
+
+H, W = 48, 64  # small, non-square: exercises the (y, x) vs (x, y) order of crop boxes
+
+
+def _record(path: Path, label: int, **extra) -> VideoRecord:
+    info = video_io.probe_video(path)
+    return VideoRecord(
+        path=str(path), label=label, video_id=path.stem, num_frames=info.num_frames,
+        fps=info.fps, width=info.width, height=info.height, codec=info.codec, **extra,
+    )
+
+
+def _frames(seed: int, num_frames: int) -> np.ndarray:
+    """uint8 (T, H, W, 3): a textured background with a bright square moving across it, so
+    that every frame, and left vs right, differ."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(H // 4, W // 4, 3)).repeat(4, 0).repeat(4, 1)
+    frames = np.empty((num_frames, H, W, 3), np.uint8)
+    for t in range(num_frames):
+        frame = np.roll(base, t, axis=1).copy()
+        x = (3 * t) % (W - 12)
+        frame[10:22, x : x + 12] = (255, 255 - 5 * (t % 50), 40)
+        frames[t] = frame
+    return frames
+
+
+def _write(path: Path, seed: int, num_frames: int, codec: str) -> Path:
+    video_io.write_video(path, _frames(seed, num_frames), fps=25, codec=codec)
+    return path
+
+
+def _write_vfr(path: Path, num_frames: int) -> Path:
+    """h264 in Matroska with irregular timestamps (a variable-frame-rate file)."""
+    rng = np.random.default_rng(3)
+    frames = _frames(9, num_frames)
+    pts = np.cumsum(rng.integers(20, 90, size=num_frames))
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"g": "8", "bf": "2"})
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for frame_rgb, t in zip(frames, pts):
+            frame = av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")
+            frame.pts = int(t)
+            frame.time_base = stream.codec_context.time_base
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> list[VideoRecord]:
+    """9 h264 videos of 40 frames, one 20-frame (short) video, one with a segment offset."""
+    root = tmp_path_factory.mktemp("cpu_loader_videos")
+    records = [
+        _record(_write(root / f"v{i}.mp4", i, 40, "h264"), label=i % 3) for i in range(9)
+    ]
+    records.append(_record(_write(root / "short.mp4", 20, 20, "h264"), label=1))
+    seg = _write(root / "seg.mp4", 21, 60, "h264")
+    records.append(_record(seg, label=2, start_frame=17, end_frame=55))
+    return records
+
+
+def _reference_views(record: VideoRecord, *, index: int, epoch: int, seed: int) -> np.ndarray:
+    """What the loader must return with crop=None: read_frames of the sampler's indices
+    (offset by start_frame), mirrored per clip by the clip's own flip draw."""
+    rel = train_clip_indices(record.segment_frames, video_index=index, epoch=epoch, seed=seed)
+    clips = []
+    for view, row in enumerate(rel):
+        clip = video_io.read_frames(record.path, row + record.start_frame)
+        window = clip_crop_window(record.height, record.width, seed=seed, epoch=epoch,
+                                  video_index=index, view=view)
+        clips.append(clip[:, :, ::-1] if window.flip else clip)
+    return np.stack(clips)
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9", "mjpeg"])
+def test_decoder_matches_sequential_pyav(tmp_path, codec):
+    path = _write(tmp_path / f"a{video_io.CODEC_SUFFIX[codec]}", 2, 40, codec)
+    decoder = FrameDecoder()
+    rng = np.random.default_rng(0)
+    cases = [[39, 0, 39, 5, 5], [30, 31, 32], [0]] + [
+        rng.integers(0, 40, size=int(rng.integers(1, 33))) for _ in range(8)
+    ]
+    for indices in cases:
+        np.testing.assert_array_equal(decoder.decode(str(path), indices),
+                                      video_io.read_frames(path, indices))
+    with pytest.raises(video_io.VideoDecodeError, match="frame 40"):
+        decoder.decode(str(path), [3, 40])
+
+
+def test_decoder_variable_frame_rate_counts_frames_like_read_frames(tmp_path):
+    path = _write_vfr(tmp_path / "vfr.mkv", 36)
+    assert video_io.probe_video(path).variable_frame_rate
+    decoder = FrameDecoder()
+    for indices in ([35, 1, 20, 20], list(range(9, 36, 3)), [17]):
+        np.testing.assert_array_equal(decoder.decode(str(path), indices),
+                                      video_io.read_frames(path, indices))
+
+
+def test_crop_box_is_torchvision_random_resized_crop():
+    rng = np.random.default_rng(1)
+    areas, ratios = [], []
+    for _ in range(2000):
+        y, x, h, w = random_resized_crop_box(120, 160, rng)
+        assert 0 <= y and y + h <= 120 and 0 <= x and x + w <= 160
+        areas.append(h * w / (120 * 160))
+        ratios.append(w / h)
+    assert 0.18 <= min(areas) < 0.25 and max(areas) <= 1.0
+    assert 0.70 <= min(ratios) and max(ratios) <= 1.40
+    # Same distribution as torchvision's sampler (large boxes with extreme aspect do not fit
+    # and are redrawn, so the mean area is ~0.5, not 0.6).
+    torch.manual_seed(0)
+    tv = [h * w / (120 * 160) for _, _, h, w in (
+        RandomResizedCrop.get_params(torch.zeros(3, 120, 160), scale=(0.2, 1.0),
+                                     ratio=(3 / 4, 4 / 3)) for _ in range(2000))]
+    assert np.mean(areas) == pytest.approx(np.mean(tv), abs=0.02)
+    assert np.std(areas) == pytest.approx(np.std(tv), abs=0.02)
+    assert center_square_window(48, 64) == CropWindow(0, 8, 48, 48, False)
+    flips = [clip_crop_window(48, 64, seed=0, epoch=0, video_index=i, view=0).flip
+             for i in range(400)]
+    assert 0.4 < np.mean(flips) < 0.6
+
+
+def test_train_batches_equal_direct_pyav_decode(videos):
+    seed = 4
+    loader = build_cpu_loader(videos, batch_size=3, crop=None, workers=0, seed=seed,
+                              drop_last=False)
+    assert len(loader) == 4
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        seen = []
+        for batch in loader:
+            views, labels, index = batch["views"], batch["labels"], batch["index"]
+            assert views.dtype == torch.uint8 and views.shape[1:] == (2, 16, H, W, 3)
+            assert labels.dtype == torch.int64 and index.dtype == torch.int64
+            for b, i in enumerate(index.tolist()):
+                assert labels[b].item() == videos[i].label
+                ref = _reference_views(videos[i], index=i, epoch=epoch, seed=seed)
+                np.testing.assert_array_equal(views[b].numpy(), ref)
+            seen += index.tolist()
+        assert sorted(seen) == list(range(len(videos)))
+        assert loader.stats == {"visited": 11, "delivered": 11, "skipped": 0, "short": 1}
+
+
+def test_crops_match_torchvision_resized_crop(videos):
+    """With a crop: the same box resized by torchvision (within resampling rounding)."""
+    seed, crop = 9, 32
+    loader = build_cpu_loader(videos[:6], batch_size=6, crop=crop, workers=0, seed=seed)
+    batch = next(iter(loader))
+    assert batch["views"].shape == (6, 2, 16, crop, crop, 3)
+    for b, i in enumerate(batch["index"].tolist()):
+        record = videos[i]
+        rel = train_clip_indices(record.num_frames, video_index=i, epoch=0, seed=seed)
+        for view in range(2):
+            win = clip_crop_window(H, W, seed=seed, epoch=0, video_index=i, view=view)
+            frames = torch.from_numpy(video_io.read_frames(record.path, rel[view]))
+            ref = TF.resized_crop(frames.permute(0, 3, 1, 2), win.y, win.x, win.h, win.w,
+                                  [crop, crop], antialias=True)
+            if win.flip:
+                ref = ref.flip(-1)
+            diff = (batch["views"][b, view].permute(0, 3, 1, 2).int() - ref.int()).abs()
+            assert diff.float().mean() < 0.6 and diff.max() <= 2
+
+
+def test_workers_and_epochs_do_not_change_samples(videos):
+    kw = dict(batch_size=4, crop=24, seed=1, drop_last=True)
+    a = build_cpu_loader(videos, workers=0, **kw)
+    b = build_cpu_loader(videos, workers=2, **kw)
+    for epoch in (0, 1):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        batches_a, batches_b = list(a), list(b)
+        assert len(batches_a) == len(batches_b) == len(a) == 2
+        for x, y in zip(batches_a, batches_b):
+            assert torch.equal(x["index"], y["index"]) and torch.equal(x["views"], y["views"])
+    a.set_epoch(0)
+    again = list(a)
+    a.set_epoch(1)
+    assert not torch.equal(again[0]["views"], next(iter(a))["views"])  # a new epoch redraws
+
+
+def test_two_ranks_cover_the_dataset_exactly_once(videos):
+    for epoch in (0, 3):
+        seen = []
+        for rank in (0, 1):
+            loader = build_cpu_loader(videos, batch_size=2, crop=16, workers=0, seed=2,
+                                      rank=rank, world_size=2, drop_last=False)
+            loader.set_epoch(epoch)
+            seen.append([i for batch in loader for i in batch["index"].tolist()])
+        assert not set(seen[0]) & set(seen[1])
+        assert sorted(seen[0] + seen[1]) == list(range(len(videos)))
+
+
+def test_eval_mode_uniform_clips_centre_crop(videos):
+    loader = build_cpu_loader(videos[:4], batch_size=2, crop=24, workers=0, seed=0,
+                              mode="eval", eval_clips=3, drop_last=False)
+    batches = list(loader)
+    assert [b["index"].tolist() for b in batches] == [[0, 1], [2, 3]]  # no shuffling
+    views = batches[0]["views"]
+    assert views.shape == (2, 3, 16, 24, 24, 3)
+    rel = eval_clip_indices(videos[1].num_frames, num_clips=3)
+    for clip in range(3):
+        frames = torch.from_numpy(video_io.read_frames(videos[1].path, rel[clip]))
+        ref = TF.center_crop(TF.resize(frames.permute(0, 3, 1, 2), 24, antialias=True), 24)
+        diff = (views[1, clip].permute(0, 3, 1, 2).int() - ref.int()).abs().float()
+        assert diff.mean() < 1.0  # resize-then-crop vs crop-then-resize: rounding only
+    loader.set_epoch(5)
+    assert torch.equal(next(iter(loader))["views"], views)  # eval ignores the epoch
+
+
+def test_bad_files_mid_epoch_are_reported_skipped_and_counted(videos, tmp_path, caplog):
+    good = videos[:6]
+    src = Path(good[0].path).read_bytes()
+    zero = tmp_path / "zero.mp4"
+    zero.write_bytes(b"")
+    text = tmp_path / "text.mp4"
+    text.write_text("this is not a video\n")
+    trunc = tmp_path / "trunc.mp4"
+    trunc.write_bytes(src[: len(src) // 2])
+    # Records as an index made before the files broke: the loader must cope on its own.
+    bad = [VideoRecord(**{**good[0].__dict__, "path": str(p), "video_id": p.stem})
+           for p in (zero, text, trunc)]
+    records = good[:2] + [bad[0]] + good[2:4] + [bad[1], bad[2]] + good[4:]
+    loader = build_cpu_loader(records, batch_size=3, crop=16, workers=2, seed=0,
+                              drop_last=False)
+    with caplog.at_level(logging.WARNING, logger="dali_fame.data.cpu_loader"):
+        delivered = [i for batch in loader for i in batch["index"].tolist()]
+    assert loader.stats["visited"] == len(records) == 9
+    assert loader.stats["skipped"] == 3 and loader.stats["delivered"] == 6
+    assert sorted(delivered) == [0, 1, 3, 4, 7, 8]
+    assert sorted(s.path for s in loader.skipped) == sorted(str(p) for p in (zero, text, trunc))
+    for p in (zero, text, trunc):
+        assert any(str(p) in r.getMessage() for r in caplog.records)
+
+
+def test_build_rejects_bad_settings(videos):
+    with pytest.raises(ValueError, match="mode"):
+        build_cpu_loader(videos, batch_size=2, crop=16, workers=0, seed=0, mode="test")
+    with pytest.raises(ValueError, match="rank"):
+        build_cpu_loader(videos, batch_size=2, crop=16, workers=0, seed=0, rank=2, world_size=2)
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_epochs(videos):
+    def rss_kib(pid: int) -> int:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+    loader = build_cpu_loader(videos * 8, batch_size=4, crop=32, workers=2, seed=0)
+    rss = []
+    for epoch in range(6):
+        loader.set_epoch(epoch)
+        for _ in loader:
+            pass
+        workers = loader.loader._iterator._workers  # persistent: the same processes each epoch
+        rss.append(rss_kib(os.getpid()) + sum(rss_kib(w.pid) for w in workers))
+    assert rss[-1] - rss[1] < 64 * 1024, rss

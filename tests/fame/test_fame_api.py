@@ -1,0 +1,317 @@
+"""Properties of the public FAME API on CPU (spec sections 1-3)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from fame_clips import moving_square_clips
+
+from dali_fame.fame import (
+    FAME,
+    VARIANTS,
+    fame_mask,
+    fame_merge,
+    fame_merge_normalize,
+    random_permutation,
+)
+from dali_fame.fame.dispatch import resolve_ops
+
+
+def _random_clips(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """uint8 (3, 8, 48, 48, 3) moving squares and their swept regions."""
+    return moving_square_clips(3, 8, 48, seed=7)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 0.7, 1.0])
+def test_exact_foreground_count(scene, variant, beta):
+    clips, _ = scene
+    for shape in [(3, 8, 48, 48), (2, 3, 13, 22)]:
+        x = clips[: shape[0], : shape[1], : shape[2], : shape[3]].contiguous()
+        h, w = shape[2], shape[3]
+        mask = fame_mask(x, beta=beta, variant=variant)
+        assert mask.dtype == torch.bool and mask.shape == (shape[0], h, w)
+        assert mask.sum(dim=(1, 2)).tolist() == [int(beta * h * w)] * shape[0]
+
+
+def test_grid_variant_takes_whole_cells(scene):
+    clips, _ = scene
+    mask = fame_mask(clips, variant="grid")  # 48 x 48: 16 cells of 12 x 12
+    cells = mask.view(3, 4, 12, 4, 12).permute(0, 1, 3, 2, 4).reshape(3, 16, 144)
+    per_cell = cells.sum(-1)
+    assert ((per_cell == 0) | (per_cell == 144)).all()
+    assert (per_cell == 144).sum(dim=1).tolist() == [8, 8, 8]
+
+
+def test_gauss_variant_is_centred_and_content_free(scene):
+    clips, _ = scene
+    mask = fame_mask(clips, variant="gauss", beta=0.3)
+    assert torch.equal(mask[0], mask[1])
+    ys, xs = torch.nonzero(mask[0], as_tuple=True)
+    assert abs(ys.float().mean().item() - 23.5) < 0.5 and abs(xs.float().mean().item() - 23.5) < 0.5
+
+
+def test_moving_object_mask_beats_random_masks(scene):
+    clips, swept = scene
+    beta = 0.5
+    mask = fame_mask(clips, beta=beta)
+
+    def iou(m):
+        inter = (m & swept).sum(dim=(1, 2)).float()
+        union = (m | swept).sum(dim=(1, 2)).float()
+        return inter / union
+
+    g = torch.Generator().manual_seed(0)
+    random_ious = torch.stack(
+        [iou(torch.rand(swept.shape, generator=g) < beta) for _ in range(20)]
+    )
+    ours = iou(mask)
+    best = swept.sum(dim=(1, 2)).float() / int(beta * 48 * 48)  # the mask is larger than swept
+    # FAME reaches most of the attainable IoU; random masks stay near |swept| / |union|.
+    assert (ours > 0.8 * best).all(), (ours, best)
+    assert (ours > 1.8 * random_ious.mean(dim=0)).all(), (ours, random_ious.mean(dim=0))
+    # The mover is foreground: high recall of the swept region (a random mask has recall beta).
+    recall = (mask & swept).sum(dim=(1, 2)).float() / swept.sum(dim=(1, 2)).float()
+    assert (recall > 0.85).all(), recall
+
+
+def test_synthetic_render_video_mask_overlap():
+    synthetic = pytest.importorskip("dali_fame.data.synthetic")
+    render = getattr(synthetic, "render_video", None)
+    if render is None:
+        pytest.skip("dali_fame.data.synthetic.render_video not available yet")
+    rendered = render(**_render_kwargs(render))
+    frames, masks = _frames_and_masks(rendered)
+    clip = torch.from_numpy(np.ascontiguousarray(frames[:16]))[None]
+    swept = torch.from_numpy(np.asarray(masks[:16]).any(axis=0))[None]
+    if swept.sum() == 0 or swept.float().mean() > 0.5:
+        pytest.skip("rendered video has no usable moving-object mask")
+    beta = 0.5
+    mask = fame_mask(clip, beta=beta)
+    recall = ((mask & swept).sum() / swept.sum()).item()
+    # A random mask has recall beta on average.
+    assert recall > beta + 0.3, recall
+
+
+def _render_kwargs(render):
+    import inspect
+
+    params = inspect.signature(render).parameters
+    kwargs = {}
+    for name, value in (("num_frames", 16), ("size", 64), ("seed", 3), ("label", 0),
+                        ("class_index", 0), ("scene", 0)):
+        if name in params:
+            kwargs[name] = value
+    return kwargs
+
+
+def _frames_and_masks(rendered):
+    if isinstance(rendered, dict):
+        return rendered["frames"], rendered["masks"]
+    if hasattr(rendered, "frames"):
+        return rendered.frames, rendered.masks
+    return rendered[0], rendered[1]
+
+
+def test_float_input_gives_the_uint8_mask(scene):
+    clips, _ = scene
+    for variant in VARIANTS:
+        a = fame_mask(clips, variant=variant)
+        b = fame_mask(clips.float() / 255, variant=variant)
+        c = fame_mask(clips.double() / 255, variant=variant)
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_ties_are_deterministic_and_go_to_lower_indices():
+    # A static clip: the motion map is 0 everywhere and every score ties.
+    static = torch.full((2, 4, 9, 11, 3), 77, dtype=torch.uint8)
+    for variant in ("fame", "seed"):
+        mask = fame_mask(static, beta=0.4, variant=variant)
+        k = int(0.4 * 9 * 11)
+        expected = torch.zeros(9 * 11, dtype=torch.bool)
+        expected[:k] = True
+        assert torch.equal(mask.view(2, -1), expected.expand(2, -1))
+    # A static textured background with ties in M: repeated calls agree exactly.
+    clips = _random_clips((2, 5, 20, 20, 3), seed=3) // 64 * 64
+    clips[:, :, 5:10, 5:10] = torch.arange(5, dtype=torch.uint8).view(1, 5, 1, 1, 1) * 40
+    first = fame_mask(clips, beta=0.5)
+    for _ in range(3):
+        assert torch.equal(fame_mask(clips, beta=0.5), first)
+
+
+def test_legacy_hue_changes_the_mask_on_coloured_input(scene):
+    clips, _ = scene
+    a = fame_mask(clips, beta=0.5)
+    b = fame_mask(clips, beta=0.5, legacy_hue=True)
+    assert not torch.equal(a, b)
+
+
+def test_beta_one_merge_returns_the_clips_unchanged(scene):
+    clips, _ = scene
+    mask = fame_mask(clips, beta=1.0)
+    perm = random_permutation(3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fame_merge(clips, mask, perm), clips)
+    # and beta = 0 returns the backgrounds entirely
+    assert torch.equal(fame_merge(clips, fame_mask(clips, beta=0.0), perm), clips[perm])
+
+
+def test_merge_is_an_exact_per_pixel_select(scene):
+    clips, _ = scene
+    mask = fame_mask(clips, beta=0.5)
+    perm = torch.tensor([2, 0, 1])
+    out = fame_merge(clips, mask, perm)
+    expected = np.where(mask.numpy()[:, None, :, :, None], clips.numpy(), clips.numpy()[[2, 0, 1]])
+    np.testing.assert_array_equal(out.numpy(), expected)
+    # float clips are selected as they are
+    out_f = fame_merge(clips.float() / 255, mask.to(torch.uint8), perm)
+    torch.testing.assert_close(out_f, torch.from_numpy(expected).float() / 255, rtol=0, atol=0)
+    # intra-video background: a separate clip batch, identity permutation
+    other = _random_clips(tuple(clips.shape), seed=9)
+    out_i = fame_merge(clips, mask, torch.arange(3), background=other)
+    expected_i = np.where(mask.numpy()[:, None, :, :, None], clips.numpy(), other.numpy())
+    np.testing.assert_array_equal(out_i.numpy(), expected_i)
+
+
+def test_merge_normalize_matches_merge_then_normalize(scene):
+    clips, _ = scene
+    mask = fame_mask(clips)
+    perm = torch.tensor([1, 2, 0])
+    out = fame_merge_normalize(clips, mask, perm, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
+    merged = fame_merge(clips, mask, perm).permute(0, 4, 1, 2, 3).float() / 255
+    mean = torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1, 1)
+    std = torch.tensor([0.2, 0.3, 0.25]).view(3, 1, 1, 1)
+    assert out.shape == (3, 3, 8, 48, 48) and out.dtype == torch.float32
+    torch.testing.assert_close(out, (merged - mean) / std)
+    out_f = fame_merge_normalize(clips.float() / 255, mask, perm, mean=(0.5, 0.4, 0.3),
+                                 std=(0.2, 0.3, 0.25))
+    torch.testing.assert_close(out_f, out)
+
+
+@pytest.mark.parametrize("batch", [2, 3, 5, 8])
+def test_default_permutation_is_a_derangement(batch):
+    g = torch.Generator().manual_seed(batch)
+    seen = set()
+    for _ in range(200):
+        perm = random_permutation(batch, generator=g)
+        assert perm.dtype == torch.int64
+        assert sorted(perm.tolist()) == list(range(batch))
+        assert not (perm == torch.arange(batch)).any()
+        seen.add(tuple(perm.tolist()))
+    if batch == 3:
+        assert seen == {(1, 2, 0), (2, 0, 1)}  # the only two derangements of 3
+
+
+def test_compat_permutation_allows_self_pairing_and_is_reproducible():
+    g = torch.Generator().manual_seed(0)
+    fixed = sum(bool((random_permutation(2, generator=g, derangement=False) == torch.arange(2)).any())
+                for _ in range(200))
+    assert 50 < fixed < 150  # identity with probability 1/2
+    a = random_permutation(8, generator=torch.Generator().manual_seed(5))
+    b = random_permutation(8, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_single_clip_batch_identity_with_warning():
+    with pytest.warns(RuntimeWarning, match="no derangement"):
+        perm = random_permutation(1, generator=torch.Generator())
+    assert perm.tolist() == [0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert random_permutation(1, generator=None, derangement=False).tolist() == [0]
+    with pytest.raises(ValueError, match="batch_size"):
+        random_permutation(0, generator=None)
+
+
+@pytest.mark.parametrize(
+    "clips, message",
+    [
+        (torch.zeros(2, 1, 8, 8, 3, dtype=torch.uint8), r"T >= 2"),
+        (torch.zeros(2, 4, 8, 8, 3, dtype=torch.int32), r"uint8 or floating"),
+        (torch.zeros(2, 3, 4, 8, 8, dtype=torch.uint8), r"\(B, T, H, W, 3\)"),
+        (torch.zeros(2, 4, 8, 8, dtype=torch.uint8), r"\(B, T, H, W, 3\)"),
+        (torch.full((1, 2, 4, 4, 3), 1.5), r"\[0, 1\]"),
+        (torch.full((1, 2, 4, 4, 3), float("nan")), r"\[0, 1\]"),
+    ],
+)
+def test_fame_mask_rejects_bad_clips(clips, message):
+    with pytest.raises(ValueError, match=message):
+        fame_mask(clips)
+
+
+def test_bad_settings_and_merge_inputs_are_rejected(scene):
+    clips, _ = scene
+    with pytest.raises(ValueError, match="beta"):
+        fame_mask(clips, beta=1.5)
+    with pytest.raises(ValueError, match="variant"):
+        fame_mask(clips, variant="box")
+    with pytest.raises(ValueError, match="backend"):
+        fame_mask(clips, backend="triton")
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        fame_mask(clips, backend="cuda")
+    mask = fame_mask(clips)
+    with pytest.raises(ValueError, match="permutation"):
+        fame_merge(clips, mask, torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="int64"):
+        fame_merge(clips, mask, torch.tensor([1, 2, 0], dtype=torch.int32))
+    with pytest.raises(ValueError, match="mask"):
+        fame_merge(clips, mask[:, :-1], torch.tensor([1, 2, 0]))
+    with pytest.raises(ValueError, match="background"):
+        fame_merge(clips, mask, torch.tensor([1, 2, 0]), background=clips[:2])
+
+
+def test_non_contiguous_clips_are_accepted_by_the_api(scene):
+    clips, _ = scene
+    strided = clips.permute(0, 4, 1, 2, 3).contiguous().permute(0, 2, 3, 4, 1)
+    assert not strided.is_contiguous()
+    assert torch.equal(fame_mask(strided), fame_mask(clips))
+
+
+def test_cpu_tensors_resolve_to_the_torch_reference():
+    assert resolve_ops("auto", torch.device("cpu")).name == "torch"
+    assert resolve_ops("torch", torch.device("cpu")).name == "torch"
+
+
+def test_fame_module_single_both_and_intra(scene):
+    clips, _ = scene
+    view0, view1 = clips, clips.flip(-2).contiguous()
+    out = FAME(beta=0.5)(view0, view1, generator=torch.Generator().manual_seed(0))
+    assert out.mask1 is None and out.perm1 is None
+    assert torch.equal(out.view1, view1)
+    assert not (out.perm0 == torch.arange(3)).any()
+    assert torch.equal(out.view0, fame_merge(view0, out.mask0, out.perm0))
+    assert torch.equal(out.mask0, fame_mask(view0))
+
+    both = FAME(beta=0.5, both=True)(view0, view1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(both.view1, fame_merge(view1, both.mask1, both.perm1))
+    again = FAME(beta=0.5, both=True)(view0, view1, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(both, again))
+
+    intra = _random_clips(tuple(clips.shape), seed=4)
+    fame_intra = FAME(beta=0.5, background="intra")
+    res = fame_intra(view0, view1, generator=None, intra=intra)
+    keep = res.mask0[:, None, :, :, None]
+    assert torch.equal(res.view0, torch.where(keep, view0, intra))
+    with pytest.raises(ValueError, match="intra"):
+        fame_intra(view0, view1, generator=None)
+    with pytest.raises(ValueError, match="intra"):
+        FAME()(view0, view1, generator=None, intra=intra)
+    with pytest.raises(ValueError, match="background"):
+        FAME(background="other")
+
+
+def test_fame_module_beta_one_and_variants(scene):
+    clips, _ = scene
+    out = FAME(beta=1.0)(clips, clips, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out.view0, clips)
+    for variant in VARIANTS:
+        res = FAME(beta=0.3, variant=variant)(clips, clips, generator=torch.Generator())
+        assert res.mask0.sum(dim=(1, 2)).tolist() == [int(0.3 * 48 * 48)] * 3
