@@ -11,10 +11,10 @@
 // T < 2^21), the mean frame is sum / (255 T) with ONE float32 division, and every later float32
 // operation is spelled as an explicit round-to-nearest intrinsic (__fadd_rn, __fmul_rn, ...),
 // which the compiler may not fuse into FMAs; so the bin is the same whatever the compiler flags.
-// cos/sin are evaluated in double precision and rounded once to float32: that is the correctly
-// rounded float32 cosine (bar astronomically rare midpoint cases), identical on every device and
-// in the torch reference, whereas float32 cosf differs by an ulp between libraries (and would
-// move pixels lying on a bin edge).
+// cos/sin are evaluated in double precision (one sincos) and rounded once to float32: that is
+// the correctly rounded float32 value (bar astronomically rare midpoint cases), identical on every
+// device and in the torch reference, whereas float32 cosf differs by an ulp between libraries
+// (and would move pixels lying on a bin edge). It is done once per pixel, not per frame.
 //
 // Two entry points with identical arithmetic:
 //   fame_motion_bins        one thread per pixel, byte loads; any H*W and alignment.
@@ -64,8 +64,10 @@ __device__ __forceinline__ int color_bin(int sr, int sg, int sb, int T, int lega
     // The released code's `h * 2 * np.pi`, left to right: radians times 2 pi once more.
     theta = __fmul_rn(__fmul_rn(theta, 2.0f), 3.1415927f);  // float32(pi)
   }
-  const float c = static_cast<float>(cos(static_cast<double>(theta)));
-  const float sn = static_cast<float>(sin(static_cast<double>(theta)));
+  double sin_d, cos_d;  // one shared argument reduction (FP64 is slow on consumer GPUs)
+  sincos(static_cast<double>(theta), &sin_d, &cos_d);
+  const float c = static_cast<float>(cos_d);
+  const float sn = static_cast<float>(sin_d);
   const float px = __fdiv_rn(__fadd_rn(__fmul_rn(s, c), 1.0f), 2.0f);
   const float py = __fdiv_rn(__fadd_rn(__fmul_rn(s, sn), 1.0f), 2.0f);
   return quantize10(px) + 10 * quantize10(py) + 100 * quantize10(v);

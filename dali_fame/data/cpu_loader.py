@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import av
@@ -96,8 +96,8 @@ def random_resized_crop_box(
     for _ in range(10):
         target_area = area * rng.uniform(scale[0], scale[1])
         aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
             y = int(rng.integers(0, height - h + 1))
             x = int(rng.integers(0, width - w + 1))
@@ -105,10 +105,10 @@ def random_resized_crop_box(
     in_ratio = width / height
     if in_ratio < min(ratio):
         w = width
-        h = int(round(w / min(ratio)))
+        h = round(w / min(ratio))
     elif in_ratio > max(ratio):
         h = height
-        w = int(round(h * max(ratio)))
+        w = round(h * max(ratio))
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
@@ -443,6 +443,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
     The key carries the epoch so that persistent workers (which hold a copy of the dataset made
     when they started) still draw each epoch's clips: the sampler lives in the main process.
 
+    ``decoder_factory`` (picklable, called once per worker) may supply another decoder with
+    :meth:`FrameDecoder.decode`'s contract (benchmarks compare torchcodec and decord this way);
+    the default is :class:`FrameDecoder`.
+
     ``dataset[(epoch, i)]`` returns ``dict(views=uint8 (V, T, crop, crop, 3), label=int,
     index=int)``, or a :class:`SkippedVideo` when the file cannot be decoded.
     """
@@ -460,6 +464,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         eval_clips: int = 10,
         flip: bool = True,
         decode_threads: int = 1,
+        decoder_factory: Callable[[], Any] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -475,6 +480,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.eval_clips = int(eval_clips)
         self.flip = bool(flip)
         self.decode_threads = int(decode_threads)
+        self.decoder_factory = decoder_factory
         self._decoder: FrameDecoder | None = None  # made lazily, once per worker process
 
     def __len__(self) -> int:
@@ -492,7 +498,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         epoch, video_index = key if isinstance(key, tuple) else (0, key)
         record = self.records[video_index]
         if self._decoder is None:
-            self._decoder = FrameDecoder(threads=self.decode_threads)
+            factory = self.decoder_factory
+            self._decoder = factory() if factory else FrameDecoder(threads=self.decode_threads)
         try:
             plan = self.plan(video_index, epoch)
             views_t, clip_len = plan.frame_indices.shape
@@ -571,8 +578,8 @@ class ShardBatchSampler(torch.utils.data.Sampler):
         if self.drop_last:
             return steps_per_epoch(self.num_videos, world_size=self.world_size,
                                    batch_size=self.batch_size, drop_last=True)
-        shard = -(-max(self.num_videos - self.rank, 0) // self.world_size)
-        return -(-shard // self.batch_size)
+        shard = math.ceil(max(self.num_videos - self.rank, 0) / self.world_size)
+        return math.ceil(shard / self.batch_size)
 
 
 def collate_clips(items: list[dict[str, Any] | SkippedVideo]) -> dict[str, Any]:
@@ -666,6 +673,7 @@ def build_cpu_loader(
     prefetch_factor: int = 2,
     pin_memory: bool | None = None,
     decode_threads: int = 1,
+    decoder_factory: Callable[[], Any] | None = None,
 ) -> CPUClipLoader:
     """Build the PyAV DataLoader for this rank.
 
@@ -684,6 +692,7 @@ def build_cpu_loader(
         prefetch_factor: batches each worker prepares ahead.
         pin_memory: page-lock batches for fast host->GPU copies; default: when CUDA is available.
         decode_threads: FFmpeg threads per worker (1 is best when workers == cores).
+        decoder_factory: another frame decoder for the workers (see :class:`VideoClipDataset`).
 
     Returns:
         :class:`CPUClipLoader`: iterate it, call ``set_epoch(epoch)`` before each epoch. Its
@@ -697,6 +706,7 @@ def build_cpu_loader(
     dataset = VideoClipDataset(
         records, crop=crop, num_views=num_views, clip_len=clip_len, stride=stride, seed=seed,
         mode=mode, eval_clips=eval_clips, flip=flip, decode_threads=decode_threads,
+        decoder_factory=decoder_factory,
     )
     sampler = ShardBatchSampler(
         len(dataset), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,

@@ -278,8 +278,8 @@ class DaliClipLoader:
                 self.pipe.run()
             except StopIteration:
                 break
-            except Exception:  # noqa: BLE001 - a failing batch being discarded anyway
-                pass
+            except Exception as exc:  # noqa: BLE001 - a failing batch being discarded anyway
+                logger.debug("discarded a failing batch while draining: %s", exc)
             if self.source.fed:
                 self.source.fed.popleft()
         self.source.fed.clear()
@@ -332,7 +332,7 @@ class DaliClipLoader:
                 self._report(self.source.skipped_now)
                 self.source.skipped_now.clear()
                 break
-            except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for bad data
+            except Exception as exc:  # DALI raises RuntimeError for bad data
                 self._report(self.source.skipped_now)
                 self.source.skipped_now.clear()
                 if not self.source.fed:
@@ -406,8 +406,8 @@ def build_dali_loader(
         len(records), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
         shuffle=(mode == "train"), drop_last=drop_last,
     )
-    plan_kwargs = dict(seed=seed, mode=mode, num_views=num_views, clip_len=clip_len,
-                       stride=stride, eval_clips=eval_clips, crop=crop, flip=flip)
+    plan_kwargs = {"seed": seed, "mode": mode, "num_views": num_views, "clip_len": clip_len,
+                   "stride": stride, "eval_clips": eval_clips, "crop": crop, "flip": flip}
     source = ClipSource(records, sampler, plan_kwargs=plan_kwargs)
     views = num_views if mode == "train" else eval_clips
     device_id = local_rank if device == "gpu" else None

@@ -44,6 +44,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import zipfile
 from collections.abc import Sequence
@@ -84,7 +85,12 @@ _SCENE_PATTERNS = 6  # stripes, tiles, dots, waves, bricks, blotches
 _FRAME_CHUNK = 32  # frames rendered per vectorised step (bounds memory for long videos)
 
 # Distinct first words of the seed sequences keep the random streams independent.
-_TAG_SCENE, _TAG_VIDEO, _TAG_ASSIGN, _TAG_DISTRACTOR, _TAG_SHAKE, _TAG_SCENE_SET = 11, 12, 13, 14, 15, 16
+_TAG_SCENE = 11  # a scene's canvas: (tag, seed, scene)
+_TAG_VIDEO = 12  # a video's object and motion: (tag, seed, class, index)
+_TAG_ASSIGN = 13  # a video's scene draw: (tag, seed, class, index)
+_TAG_DISTRACTOR = 14
+_TAG_SHAKE = 15
+_TAG_SCENE_SET = 16  # per-seed rotation of scene hues and patterns: (tag, seed)
 
 
 def _rng(*words: int) -> np.random.Generator:
@@ -196,59 +202,89 @@ def _normalise_size(size: int | Sequence[int]) -> tuple[int, int]:
     raise ValueError(f"size must be an int or a (height, width) pair of ints, got {size!r}")
 
 
-def _check_options(
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_render_options(
+    *, num_frames: int, size: int | Sequence[int], fps: float, codec: str
+) -> tuple[int, int]:
+    """Validate the per-video options; return (height, width)."""
+    from dali_fame.data import video_io
+
+    if codec not in video_io.CODECS:
+        raise ValueError(
+            f"codec {codec!r} is not supported; choose one of {', '.join(video_io.CODECS)}"
+        )
+    if not _is_int(num_frames) or num_frames < 2:
+        raise ValueError(
+            f"num_frames must be an integer >= 2 (motion needs at least two frames), got {num_frames!r}"
+        )
+    height, width = _normalise_size(size)
+    if min(height, width) < _MIN_SIZE:
+        raise ValueError(
+            f"size must be at least {_MIN_SIZE} pixels on each side, got {height}x{width} (HxW)"
+        )
+    problem = video_io.codec_size_error(codec, width, height)
+    if problem:
+        raise ValueError(f"size {height}x{width} (HxW) does not fit the codec: {problem}")
+    if (
+        isinstance(fps, bool)
+        or not isinstance(fps, (int, float, np.number))
+        or not (math.isfinite(fps) and fps > 0)
+    ):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    return height, width
+
+
+def _check_plan_options(
     *,
     num_classes: int,
     videos_per_class: int,
-    num_frames: int,
-    size: int | Sequence[int],
-    fps: float,
-    codec: str,
     num_scenes: int | None,
     bias_train: float,
     bias_test: float,
     test_fraction: float,
-) -> tuple[int, int, int, int]:
-    """Validate every option; return (height, width, num_scenes, num_test_per_class)."""
-    from dali_fame.data import video_io
-
-    if codec not in video_io.CODECS:
-        raise ValueError(f"codec {codec!r} is not supported; choose one of {', '.join(video_io.CODECS)}")
+    seed: int,
+) -> tuple[int, int]:
+    """Validate the dataset-level options; return (num_scenes, test videos per class)."""
     for name, value in (("num_classes", num_classes), ("videos_per_class", videos_per_class)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        if not _is_int(value) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if num_classes > len(MOTIONS):
         raise ValueError(
             f"num_classes must be at most {len(MOTIONS)} (the motions available: "
             f"{', '.join(MOTIONS)}), got {num_classes}"
         )
-    if not isinstance(num_frames, (int, np.integer)) or isinstance(num_frames, bool) or num_frames < 2:
-        raise ValueError(
-            f"num_frames must be an integer >= 2 (motion needs at least two frames), got {num_frames!r}"
-        )
-    height, width = _normalise_size(size)
-    if min(height, width) < _MIN_SIZE:
-        raise ValueError(f"size must be at least {_MIN_SIZE} pixels on each side, got {height}x{width} (HxW)")
-    problem = video_io.codec_size_error(codec, width, height)
-    if problem:
-        raise ValueError(f"size {height}x{width} (HxW) does not fit the codec: {problem}")
-    if not isinstance(fps, (int, float, np.number)) or not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
     scenes = num_classes if num_scenes is None else num_scenes
-    if not isinstance(scenes, (int, np.integer)) or isinstance(scenes, bool) or scenes < 1:
-        raise ValueError(f"num_scenes must be a positive integer (or None = num_classes), got {num_scenes!r}")
+    if not _is_int(scenes) or scenes < 1:
+        raise ValueError(
+            f"num_scenes must be a positive integer (or None = num_classes), got {num_scenes!r}"
+        )
     for name, value in (("bias_train", bias_train), ("bias_test", bias_test)):
-        if not isinstance(value, (int, float, np.number)) or not (0.0 <= value <= 1.0):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.number))
+            or not (0.0 <= value <= 1.0)
+        ):
             raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-    if not isinstance(test_fraction, (int, float, np.number)) or not (0.0 <= test_fraction < 1.0):
+    if (
+        isinstance(test_fraction, bool)
+        or not isinstance(test_fraction, (int, float, np.number))
+        or not (0.0 <= test_fraction < 1.0)
+    ):
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
-    num_test = 0 if test_fraction == 0 else max(1, math.floor(videos_per_class * test_fraction + 0.5))
+    num_test = (
+        0 if test_fraction == 0 else max(1, math.floor(videos_per_class * test_fraction + 0.5))
+    )
     if num_test >= videos_per_class:
         raise ValueError(
             f"test_fraction {test_fraction} leaves no training video with videos_per_class="
             f"{videos_per_class}; raise videos_per_class or lower test_fraction"
         )
-    return height, width, int(scenes), num_test
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(scenes), num_test
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -279,7 +315,9 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), np.float32) * 255.0
 
 
-def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int, channels: int) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator, height: int, width: int, cells: int, channels: int
+) -> np.ndarray:
     """float32 (height, width, channels) in [0, 1]: a random grid, smoothly interpolated."""
     grid = rng.random((cells + 1, cells + 1, channels), dtype=np.float32)
     ys = np.linspace(0.0, cells, height, dtype=np.float32)
@@ -336,14 +374,22 @@ def render_scene(*, scene: int, height: int, width: int, seed: int) -> np.ndarra
     elif kind == 1:  # tiles
         pattern = ((np.floor(along / wavelength) + np.floor(across / wavelength)) % 2) * 2 - 1
     elif kind == 2:  # dots
-        pattern = (np.sin(2 * math.pi * along / wavelength) * np.sin(2 * math.pi * across / wavelength) > 0.35) * 2.0 - 1
+        pattern = (
+            np.sin(2 * math.pi * along / wavelength) * np.sin(2 * math.pi * across / wavelength)
+            > 0.35
+        ) * 2.0 - 1
     elif kind == 3:  # waves
         bend = rng.uniform(0.5, 2.0)
-        pattern = np.sin(2 * math.pi * along / wavelength + bend * np.sin(2 * math.pi * across / (2.5 * wavelength)))
+        pattern = np.sin(
+            2 * math.pi * along / wavelength
+            + bend * np.sin(2 * math.pi * across / (2.5 * wavelength))
+        )
     elif kind == 4:  # bricks: rows of tiles, every other row shifted by half a tile
         row = np.floor(across / (0.5 * wavelength))
         col = np.floor(along / wavelength + 0.5 * (row % 2))
-        mortar = (np.mod(across, 0.5 * wavelength) < 1.5) | (np.mod(along / wavelength + 0.5 * (row % 2), 1.0) * wavelength < 1.5)
+        mortar = (np.mod(across, 0.5 * wavelength) < 1.5) | (
+            np.mod(along / wavelength + 0.5 * (row % 2), 1.0) * wavelength < 1.5
+        )
         pattern = np.where(mortar, -1.0, 0.6 * ((row + col) % 3 - 1))
     else:  # blotches: mid-frequency smooth noise
         cells = max(3, round(max(hc, wc) / wavelength))
@@ -381,17 +427,19 @@ def _appearance(rng: np.random.Generator, radius: float) -> dict:
     hue = rng.random()
     # Keep texture periods >= ~8 px: finer chroma patterns would be smeared by 4:2:0 coding.
     max_freq = max(1.5, min(4.0, radius / 4.0))
-    return dict(
-        shape=int(rng.integers(0, 3)),
-        aspect=float(rng.uniform(0.5, 0.85)),
-        texture=int(rng.integers(0, 5)),
-        frequency=float(rng.uniform(1.5, max_freq)),
-        texture_angle=float(rng.uniform(0, math.pi)),
+    return {
+        "shape": int(rng.integers(0, 3)),
+        "aspect": float(rng.uniform(0.5, 0.85)),
+        "texture": int(rng.integers(0, 5)),
+        "frequency": float(rng.uniform(1.5, max_freq)),
+        "texture_angle": float(rng.uniform(0, math.pi)),
         # The two texture colours differ mostly in brightness (nearby hues): like real
         # surfaces, and what 4:2:0 video keeps (chroma has half the resolution of luma).
-        colour_a=_hsv(hue, rng.uniform(0.55, 1.0), rng.uniform(0.75, 1.0)),
-        colour_b=_hsv(hue + rng.uniform(-0.12, 0.12), rng.uniform(0.4, 1.0), rng.uniform(0.15, 0.45)),
-    )
+        "colour_a": _hsv(hue, rng.uniform(0.55, 1.0), rng.uniform(0.75, 1.0)),
+        "colour_b": _hsv(
+            hue + rng.uniform(-0.12, 0.12), rng.uniform(0.4, 1.0), rng.uniform(0.15, 0.45)
+        ),
+    }
 
 
 def _reflect(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -461,9 +509,15 @@ def _trajectory(
     elif motion == "figure_eight":
         ax, ay = rng.uniform(0.6, 1.0) * half_x, rng.uniform(0.6, 1.0) * half_y
         if rng.random() < 0.5:
-            cx, cy = mid_x + ax * np.sin(omega * t + phase), mid_y + ay * np.sin(2 * (omega * t + phase))
+            cx, cy = (
+                mid_x + ax * np.sin(omega * t + phase),
+                mid_y + ay * np.sin(2 * (omega * t + phase)),
+            )
         else:
-            cx, cy = mid_x + ax * np.sin(2 * (omega * t + phase)), mid_y + ay * np.sin(omega * t + phase)
+            cx, cy = (
+                mid_x + ax * np.sin(2 * (omega * t + phase)),
+                mid_y + ay * np.sin(omega * t + phase),
+            )
     elif motion == "jump":
         hold = int(rng.integers(6, 11))
         count = len(t) // hold + 1
@@ -585,10 +639,10 @@ def render_video(
     rng = _rng(_TAG_VIDEO, seed, class_index, video_index)
     radius = float(rng.uniform(0.12, 0.18) * min(height, width))
     look = _appearance(rng, radius)
+    angle0 = rng.uniform(0, 2 * math.pi)
+    base = rng.integers(shake_max, 2 * pad - shake_max + 1, size=2)  # crop origin in the scene
     reach = radius * _extent(look["shape"], look["aspect"]) + shake_max
     cx, cy, scale, spin = _trajectory(motion, rng, t, height, width, reach)
-    angle0 = rng.uniform(0, 2 * math.pi)
-    base = rng.integers(shake_max, 2 * pad - shake_max + 1, size=2)  # this video's crop of the scene
 
     shake = (
         _shake(_rng(_TAG_SHAKE, seed, class_index, video_index), num_frames, shake_max)
@@ -636,8 +690,8 @@ def render_video(
     frames = np.empty_like(background)
     masks = np.empty((num_frames, height, width), bool)
     d_masks = np.zeros((num_frames, height, width), bool)
-    for start in range(0, num_frames, _FRAME_CHUNK):
-        chunk = slice(start, min(num_frames, start + _FRAME_CHUNK))
+    for first in range(0, num_frames, _FRAME_CHUNK):
+        chunk = slice(first, min(num_frames, first + _FRAME_CHUNK))
         for sprite in sprites_behind:
             inside, colour = _draw(sprite, height, width, chunk)
             background[chunk][inside] = colour
@@ -678,23 +732,48 @@ def save_npz_deterministic(path: str | Path, arrays: dict[str, np.ndarray]) -> N
     os.replace(tmp, path)
 
 
-def _assign(
+def plan_videos(
     *,
-    num_classes: int,
-    videos_per_class: int,
-    num_test: int,
-    num_scenes: int,
-    bias_train: float,
-    bias_test: float,
-    seed: int,
-    suffix: str,
+    num_classes: int = 8,
+    videos_per_class: int = 16,
+    codec: str = "h264",
+    num_scenes: int | None = None,
+    bias_train: float = 0.9,
+    bias_test: float = 0.0,
+    test_fraction: float = 0.25,
+    seed: int = 0,
 ) -> list[SyntheticVideo]:
-    """Split and scene of every video (the last num_test videos of each class are test)."""
+    """The rows :func:`generate_dataset` writes (split and scene of every video), without
+    rendering anything. Same options and meaning as :func:`generate_dataset`.
+
+    The last ``round(videos_per_class * test_fraction)`` videos of each class (at least one when
+    test_fraction > 0) are the test split. Each video draws "on its own scene" with probability
+    bias_train / bias_test from its own generator, seeded by (seed, class, index).
+
+    Raises:
+        ValueError: a bad option.
+    """
+    from dali_fame.data import video_io
+
+    if codec not in video_io.CODECS:
+        raise ValueError(
+            f"codec {codec!r} is not supported; choose one of {', '.join(video_io.CODECS)}"
+        )
+    scenes, num_test = _check_plan_options(
+        num_classes=num_classes,
+        videos_per_class=videos_per_class,
+        num_scenes=num_scenes,
+        bias_train=bias_train,
+        bias_test=bias_test,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+    suffix = video_io.CODEC_SUFFIX[codec]
     videos = []
     for label in range(num_classes):
         name = MOTIONS[label]
-        own = label % num_scenes
-        others = [s for s in range(num_scenes) if s != own]
+        own = label % scenes
+        others = [s for s in range(scenes) if s != own]
         for index in range(videos_per_class):
             split = "test" if index >= videos_per_class - num_test else "train"
             bias = bias_train if split == "train" else bias_test
@@ -799,35 +878,25 @@ def generate_dataset(
         ValueError: a bad option (checked before anything is written).
     """
     started = time.perf_counter()
-    height, width, scenes, num_test = _check_options(
+    height, width = _check_render_options(num_frames=num_frames, size=size, fps=fps, codec=codec)
+    videos = plan_videos(
         num_classes=num_classes,
         videos_per_class=videos_per_class,
-        num_frames=num_frames,
-        size=size,
-        fps=fps,
         codec=codec,
         num_scenes=num_scenes,
         bias_train=bias_train,
         bias_test=bias_test,
         test_fraction=test_fraction,
+        seed=seed,
     )
-    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
+    scenes = num_classes if num_scenes is None else int(num_scenes)
+    if num_workers is not None and (not _is_int(num_workers) or num_workers < 1):
         raise ValueError(f"num_workers must be a positive integer or None, got {num_workers!r}")
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     from dali_fame.data import video_io
 
     suffix = video_io.CODEC_SUFFIX[codec]
-    videos = _assign(
-        num_classes=num_classes,
-        videos_per_class=videos_per_class,
-        num_test=num_test,
-        num_scenes=scenes,
-        bias_train=float(bias_train),
-        bias_test=float(bias_test),
-        seed=seed,
-        suffix=suffix,
-    )
 
     # Every option is valid: from here on, write.
     if out_dir.is_dir():
@@ -841,17 +910,17 @@ def generate_dataset(
     for name in MOTIONS[:num_classes]:
         (out_dir / "videos" / name).mkdir(parents=True, exist_ok=True)
 
-    common = dict(
-        out_dir=str(out_dir),
-        num_frames=int(num_frames),
-        height=height,
-        width=width,
-        fps=float(fps),
-        codec=codec,
-        seed=int(seed),
-        distractor=bool(distractor),
-        camera_shake=bool(camera_shake),
-    )
+    common = {
+        "out_dir": str(out_dir),
+        "num_frames": int(num_frames),
+        "height": height,
+        "width": width,
+        "fps": float(fps),
+        "codec": codec,
+        "seed": int(seed),
+        "distractor": bool(distractor),
+        "camera_shake": bool(camera_shake),
+    }
     jobs = [dict(common, video=v) for v in videos]
     workers = num_workers or (1 if len(jobs) < 16 else max(1, min(2, os.cpu_count() or 1)))
     from tqdm.auto import tqdm
@@ -865,8 +934,12 @@ def generate_dataset(
         else:
             import multiprocessing
 
-            # spawn: the parent may hold threads (torch, DALI) that fork would copy mid-state.
-            ctx = multiprocessing.get_context("spawn")
+            # fork on Linux: spawn would re-import the caller's __main__, which breaks scripts that
+            # call generate_dataset without an `if __name__ == "__main__"` guard. The workers only
+            # run numpy and FFmpeg (no OpenMP, no CUDA), so locks held by the parent's other
+            # threads at fork time are never touched in the child.
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            ctx = multiprocessing.get_context(method)
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
                 for future in as_completed([pool.submit(_make_video, job) for job in jobs]):
                     future.result()
@@ -876,40 +949,40 @@ def generate_dataset(
 
     class_names = MOTIONS[:num_classes]
     _write_annotations(out_dir, class_names, videos)
-    options = dict(
-        num_classes=int(num_classes),
-        videos_per_class=int(videos_per_class),
-        num_frames=int(num_frames),
-        height=height,
-        width=width,
-        fps=float(fps),
-        codec=codec,
-        num_scenes=scenes,
-        bias_train=float(bias_train),
-        bias_test=float(bias_test),
-        test_fraction=float(test_fraction),
-        distractor=bool(distractor),
-        camera_shake=bool(camera_shake),
-        seed=int(seed),
-    )
-    meta = dict(
-        format=FORMAT_NAME,
-        version=FORMAT_VERSION,
-        options=options,
-        class_names=list(class_names),
-        suffix=suffix,
-        num_videos=len(videos),
-        splits={s: sum(v.split == s for v in videos) for s in ("train", "test")},
-        bias_realised={s: _realised_bias(videos, scenes, s) for s in ("train", "test")},
-        files=dict(
-            videos="videos/<class_name>/<video_id><suffix>",
-            class_index="classInd.txt (1-based labels)",
-            split_files="trainlist01.txt, testlist01.txt (paths relative to videos/, labels 1-based)",
-            annotations="annotations.csv (path relative to this folder, label 0-based, split, scene)",
-            ground_truth="gt/<video_id>.npz: class, scene, masks bool (T,H,W), distractor_masks, centers",
-        ),
-        videos=[dataclasses.asdict(v) for v in videos],
-    )
+    options = {
+        "num_classes": int(num_classes),
+        "videos_per_class": int(videos_per_class),
+        "num_frames": int(num_frames),
+        "height": height,
+        "width": width,
+        "fps": float(fps),
+        "codec": codec,
+        "num_scenes": scenes,
+        "bias_train": float(bias_train),
+        "bias_test": float(bias_test),
+        "test_fraction": float(test_fraction),
+        "distractor": bool(distractor),
+        "camera_shake": bool(camera_shake),
+        "seed": int(seed),
+    }
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "options": options,
+        "class_names": list(class_names),
+        "suffix": suffix,
+        "num_videos": len(videos),
+        "splits": {s: sum(v.split == s for v in videos) for s in ("train", "test")},
+        "bias_realised": {s: _realised_bias(videos, scenes, s) for s in ("train", "test")},
+        "files": {
+            "videos": "videos/<class_name>/<video_id><suffix>",
+            "class_index": "classInd.txt (1-based labels)",
+            "split_files": "trainlist01.txt, testlist01.txt (paths relative to videos/, labels 1-based)",
+            "annotations": "annotations.csv (path relative to this folder, label 0-based, split, scene)",
+            "ground_truth": "gt/<video_id>.npz: class, scene, masks bool (T,H,W), distractor_masks, centers",
+        },
+        "videos": [dataclasses.asdict(v) for v in videos],
+    }
     text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=True) + "\n"
     (out_dir / "meta.json").write_text(text)
     return DatasetInfo(
@@ -929,13 +1002,19 @@ def generate_dataset(
     )
 
 
-def _write_annotations(out_dir: Path, class_names: Sequence[str], videos: Sequence[SyntheticVideo]) -> None:
-    (out_dir / "classInd.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(class_names)))
+def _write_annotations(
+    out_dir: Path, class_names: Sequence[str], videos: Sequence[SyntheticVideo]
+) -> None:
+    (out_dir / "classInd.txt").write_text(
+        "".join(f"{i + 1} {n}\n" for i, n in enumerate(class_names))
+    )
     rel = [v.path.removeprefix("videos/") for v in videos]
     (out_dir / "trainlist01.txt").write_text(
         "".join(f"{r} {v.label + 1}\n" for r, v in zip(rel, videos) if v.split == "train")
     )
-    (out_dir / "testlist01.txt").write_text("".join(f"{r}\n" for r, v in zip(rel, videos) if v.split == "test"))
+    (out_dir / "testlist01.txt").write_text(
+        "".join(f"{r}\n" for r, v in zip(rel, videos) if v.split == "test")
+    )
     with open(out_dir / "annotations.csv", "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["path", "label", "split", "scene"])
@@ -980,7 +1059,7 @@ def inspect_dataset(out_dir: str | Path, *, videos_to_check: int = 1) -> dict:
     problems: list[str] = []
     counts: dict[str, dict[str, int]] = {}
     for name in meta["class_names"]:
-        counts[name] = dict(train=0, test=0, own_train=0, own_test=0)
+        counts[name] = {"train": 0, "test": 0, "own_train": 0, "own_test": 0}
     scene_use = {s: 0 for s in range(scenes)}
     missing = []
     for v in videos:
@@ -996,7 +1075,9 @@ def inspect_dataset(out_dir: str | Path, *, videos_to_check: int = 1) -> dict:
     with open(out_dir / "annotations.csv", newline="") as fh:
         csv_rows = list(csv.DictReader(fh))
     if len(csv_rows) != len(videos):
-        problems.append(f"annotations.csv has {len(csv_rows)} rows, meta.json lists {len(videos)} videos")
+        problems.append(
+            f"annotations.csv has {len(csv_rows)} rows, meta.json lists {len(videos)} videos"
+        )
 
     max_mean, max_p99 = video_io.CODEC_TOLERANCE[opts["codec"]]
     checks = []
@@ -1005,7 +1086,7 @@ def inspect_dataset(out_dir: str | Path, *, videos_to_check: int = 1) -> dict:
             path = out_dir / v.path
             if not path.is_file():
                 continue
-            check: dict = dict(video_id=v.video_id, split=v.split, scene=v.scene)
+            check: dict = {"video_id": v.video_id, "split": v.split, "scene": v.scene}
             try:
                 info = video_io.probe_video(path)
                 decoded = video_io.read_frames(path)
@@ -1048,9 +1129,13 @@ def inspect_dataset(out_dir: str | Path, *, videos_to_check: int = 1) -> dict:
             if masks.shape != rendered.masks.shape or not np.array_equal(masks, rendered.masks):
                 problems.append(f"{v.video_id}: gt masks differ from the generator's")
             if (gt_class, gt_scene) != (v.label, v.scene):
-                problems.append(f"{v.video_id}: gt class/scene {gt_class}/{gt_scene} != {v.label}/{v.scene}")
+                problems.append(
+                    f"{v.video_id}: gt class/scene {gt_class}/{gt_scene} != {v.label}/{v.scene}"
+                )
             if info.variable_frame_rate or abs(info.fps - opts["fps"]) > 1e-3 * opts["fps"]:
-                problems.append(f"{v.video_id}: frame rate {info.fps} (vfr={info.variable_frame_rate})")
+                problems.append(
+                    f"{v.video_id}: frame rate {info.fps} (vfr={info.variable_frame_rate})"
+                )
             # Motion energy of the decoded video inside vs outside the object's path.
             motion = np.abs(np.diff(decoded.astype(np.float32), axis=0)).mean(axis=(0, 3))
             path_mask = masks.any(axis=0)
@@ -1060,7 +1145,14 @@ def inspect_dataset(out_dir: str | Path, *, videos_to_check: int = 1) -> dict:
                 motion_out=float(motion[~path_mask].mean()) if (~path_mask).any() else 0.0,
             )
             checks.append(check)
-    return dict(meta=meta, counts=counts, scenes=scene_use, missing=missing, checks=checks, problems=problems)
+    return {
+        "meta": meta,
+        "counts": counts,
+        "scenes": scene_use,
+        "missing": missing,
+        "checks": checks,
+        "problems": problems,
+    }
 
 
 def format_report(report: dict) -> str:
@@ -1068,10 +1160,12 @@ def format_report(report: dict) -> str:
     meta = report["meta"]
     o = meta["options"]
     lines = [
-        f"{meta['num_videos']} videos ({meta['splits']['train']} train / {meta['splits']['test']} test), "
-        f"{o['num_classes']} classes, {o['num_scenes']} scenes, {o['codec']} ({meta['suffix']}), "
-        f"{o['num_frames']} frames {o['width']}x{o['height']} (WxH) @ {o['fps']:g} fps, seed {o['seed']}, "
-        f"distractor {'on' if o['distractor'] else 'off'}, camera shake {'on' if o['camera_shake'] else 'off'}",
+        (
+            f"{meta['num_videos']} videos ({meta['splits']['train']} train / {meta['splits']['test']} test), "
+            f"{o['num_classes']} classes, {o['num_scenes']} scenes, {o['codec']} ({meta['suffix']}), "
+            f"{o['num_frames']} frames {o['width']}x{o['height']} (WxH) @ {o['fps']:g} fps, seed {o['seed']}, "
+            f"distractor {'on' if o['distractor'] else 'off'}, camera shake {'on' if o['camera_shake'] else 'off'}"
+        ),
         "",
         f"{'class':<24}{'train':>6}{'test':>6}   own scene: train   test",
     ]
@@ -1084,13 +1178,19 @@ def format_report(report: dict) -> str:
     lines += [
         "",
         "videos per scene: " + ", ".join(f"{s}: {n}" for s, n in report["scenes"].items()),
-        f"bias realised (share on own scene): train {br['train']:.3f} (asked {o['bias_train']:g}), "
-        f"test {br['test']:.3f} (asked {o['bias_test']:g})",
+        (
+            f"bias realised (share on own scene): train {br['train']:.3f} (asked {o['bias_train']:g}), "
+            f"test {br['test']:.3f} (asked {o['bias_test']:g})"
+        ),
         "",
-        "decoded check (PyAV vs the generator's frames; error on 0..255; motion = mean |frame diff| "
-        "inside / outside the object's path):",
-        f"  {'video':<28}{'split':<6}{'frames':>7}{'fps':>7}{'vfr':>5}{'mean err':>10}{'p99 err':>9}"
-        f"{'mask area':>11}{'motion in/out':>16}",
+        (
+            "decoded check (PyAV vs the generator's frames; error on 0..255; motion = mean |frame diff| "
+            "inside / outside the object's path):"
+        ),
+        (
+            f"  {'video':<28}{'split':<6}{'frames':>7}{'fps':>7}{'vfr':>5}{'mean err':>10}{'p99 err':>9}"
+            f"{'mask area':>11}{'motion in/out':>16}"
+        ),
     ]
     for c in report["checks"]:
         lines.append(
@@ -1123,7 +1223,9 @@ def save_preview(out_dir: str | Path, png: str | Path) -> Path:
     videos = [SyntheticVideo(**v) for v in meta["videos"]]
     firsts = [next(v for v in videos if v.class_name == n) for n in meta["class_names"]]
     cols = ["frame 0", "middle frame", "last frame", "mask (middle)", "path (mask union)"]
-    fig, axes = plt.subplots(len(firsts), len(cols), figsize=(2.0 * len(cols), 2.0 * len(firsts)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(firsts), len(cols), figsize=(2.0 * len(cols), 2.0 * len(firsts)), squeeze=False
+    )
     for row, v in zip(axes, firsts):
         frames = video_io.read_frames(out_dir / v.path)
         with np.load(out_dir / "gt" / f"{v.video_id}.npz") as gt:
@@ -1158,33 +1260,51 @@ def _parse_size(text: str) -> int | tuple[int, int]:
             return int(h), int(w)
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--size must be N or WIDTHxHEIGHT, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--size must be N or WIDTHxHEIGHT, got {text!r}"
+        ) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``dali-fame synth``."""
     parser.add_argument("--out", required=True, type=Path, help="dataset folder")
-    parser.add_argument("--classes", type=int, default=8, help=f"motion classes (max {len(MOTIONS)})")
+    parser.add_argument(
+        "--classes", type=int, default=8, help=f"motion classes (max {len(MOTIONS)})"
+    )
     parser.add_argument("--videos-per-class", type=int, default=16)
     parser.add_argument("--frames", type=int, default=64, help="frames per video (>= 2)")
-    parser.add_argument("--size", type=_parse_size, default=128, help="N or WIDTHxHEIGHT (default 128)")
+    parser.add_argument(
+        "--size", type=_parse_size, default=128, help="N or WIDTHxHEIGHT (default 128)"
+    )
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--codec", default="h264", help="h264 (.mp4), vp9 (.webm) or mjpeg (.avi)")
-    parser.add_argument("--scenes", type=int, default=None, help="background scenes (default: = classes)")
-    parser.add_argument("--bias-train", type=float, default=0.9, help="P(train video on its class's scene)")
-    parser.add_argument("--bias-test", type=float, default=0.0, help="P(test video on its class's scene)")
+    parser.add_argument(
+        "--scenes", type=int, default=None, help="background scenes (default: = classes)"
+    )
+    parser.add_argument(
+        "--bias-train", type=float, default=0.9, help="P(train video on its class's scene)"
+    )
+    parser.add_argument(
+        "--bias-test", type=float, default=0.0, help="P(test video on its class's scene)"
+    )
     parser.add_argument("--test-fraction", type=float, default=0.25)
-    parser.add_argument("--distractor", action="store_true", help="add a randomly moving distractor")
+    parser.add_argument(
+        "--distractor", action="store_true", help="add a randomly moving distractor"
+    )
     parser.add_argument("--camera-shake", action="store_true", help="add mild camera shake")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a dataset already in --out"
+    )
     parser.add_argument(
         "--inspect",
         action="store_true",
         help="do not generate: check the dataset in --out (counts, bias, decoded pixels, masks)",
     )
-    parser.add_argument("--preview", type=Path, default=None, help="also save a contact sheet PNG here")
+    parser.add_argument(
+        "--preview", type=Path, default=None, help="also save a contact sheet PNG here"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

@@ -119,7 +119,7 @@ class VideoInfo:
 
     Attributes:
         num_frames: number of video frames, counted by demuxing every packet of the stream
-            (container headers are not trusted).
+            (or decoding every frame, ``decode=True``); container headers are not trusted.
         fps: frames per second (the stream's average rate; for a variable frame rate file,
             num_frames / duration).
         width, height: frame size in pixels.
@@ -289,16 +289,18 @@ def read_frames(path: str | Path, indices: Sequence[int] | None = None) -> np.nd
     return np.stack([picked[int(i)] for i in wanted])
 
 
-def probe_video(path: str | Path) -> VideoInfo:
-    """Count frames and check timing by demuxing every packet of the first video stream.
+def probe_video(path: str | Path, *, decode: bool = False) -> VideoInfo:
+    """Count frames and check timing by reading every packet of the first video stream.
 
-    Demuxing reads packet headers only (no decoding), so it is fast and does not trust the
-    container's frame count, which is often missing or wrong. A file is variable frame rate when
-    the sorted presentation timestamps have steps that differ by more than one time-base tick
-    and 0.5 % of the median step (rounding to e.g. milliseconds in WebM is not VFR).
+    By default this demuxes (reads packet headers, no decoding): fast, and it does not trust the
+    container's frame count, which is often missing or wrong. ``decode=True`` decodes every
+    frame instead (slower, exact even for oddities such as AVI "packed B-frames", where demuxed
+    packets and frames differ). A file is variable frame rate when the sorted presentation
+    timestamps have steps that differ by more than one time-base tick and 0.5 % of the median
+    step (rounding to e.g. milliseconds in WebM is not VFR).
 
     Raises:
-        VideoDecodeError: the file cannot be opened or has no video packets.
+        VideoDecodeError: the file cannot be opened, demuxed or decoded, or has no video frames.
     """
     path = Path(path)
     container = _open(path)
@@ -311,22 +313,24 @@ def probe_video(path: str | Path) -> VideoInfo:
         durations: list[int] = []
         count = 0
         try:
-            for packet in container.demux(stream):
-                if packet.size == 0:  # the flush packet PyAV yields at the end
+            items = container.decode(stream) if decode else container.demux(stream)
+            for item in items:
+                if not decode and item.size == 0:  # the flush packet PyAV yields at the end
                     continue
                 count += 1
-                stamp = packet.pts if packet.pts is not None else packet.dts
+                stamp = item.pts if item.pts is not None else getattr(item, "dts", None)
                 if stamp is not None:
                     stamps.append(int(stamp))
-                if packet.duration:
-                    durations.append(int(packet.duration))
+                if item.duration:
+                    durations.append(int(item.duration))
         except av.error.FFmpegError as exc:
-            raise VideoDecodeError(path, f"demuxing failed after {count} packets: {exc}") from exc
+            what = "decoding" if decode else "demuxing"
+            raise VideoDecodeError(path, f"{what} failed after {count} frames: {exc}") from exc
         average_rate = stream.average_rate or stream.guessed_rate
     finally:
         container.close()
     if count == 0:
-        raise VideoDecodeError(path, "no video packets")
+        raise VideoDecodeError(path, "no video frames")
     variable = False
     span_s = None
     if len(stamps) >= 2 and time_base is not None:

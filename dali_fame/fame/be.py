@@ -87,8 +87,8 @@ def background_erasing_apply(
     out = torch.empty_like(clips)
     with nvtx_range("fame/background_erasing", clips):
         for b, (k, a) in enumerate(zip(frames, lam.tolist())):
-            x = clips[b].float()
-            mixed = x.mul_(1.0 - a).add_(clips[b, k].float(), alpha=a)
+            x = clips[b] if clips.dtype.is_floating_point else clips[b].float()
+            mixed = x * (1.0 - a) + x[k] * a  # x[k] broadcasts over the frames
             out[b] = mixed.round_() if clips.dtype == torch.uint8 else mixed
     return out
 

@@ -45,16 +45,16 @@ __all__ = [
     "BLOCK",
     "KERNEL_FILES",
     "NVRTC_OPTIONS",
-    "kernels_dir",
-    "kernel_source",
+    "color_histograms_cuda",
     "grid_1d",
     "hist_grid",
-    "motion_vec4_ok",
-    "merge_vec16_ok",
-    "motion_and_bins_cuda",
-    "color_histograms_cuda",
+    "kernel_source",
+    "kernels_dir",
     "merge_cuda",
     "merge_normalize_cuda",
+    "merge_vec16_ok",
+    "motion_and_bins_cuda",
+    "motion_vec4_ok",
 ]
 
 #: threads per block of every kernel (a multiple of the warp size; 8 blocks fill an SM)
@@ -77,6 +77,8 @@ KERNEL_FILES: dict[str, tuple[str, ...]] = {
 }
 #: NVRTC options (CuPy adds -arch for the device). No fast-math: the bins are float-exact.
 NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
+#: NVTX domain of the launch ranges (nsys: --nvtx-domain-include=dali_fame)
+NVTX_DOMAIN = "dali_fame"
 #: environment variable that points at a kernels directory explicitly
 KERNELS_DIR_ENV = "DALI_FAME_KERNELS_DIR"
 
@@ -146,7 +148,11 @@ def grid_1d(work_items: int, *, max_blocks: int, block: int = BLOCK) -> int:
 
 
 def hist_grid(
-    hw: int, num_clips: int, *, max_blocks_per_clip: int, pixels_per_block: int = HIST_PIXELS_PER_BLOCK
+    hw: int,
+    num_clips: int,
+    *,
+    max_blocks_per_clip: int,
+    pixels_per_block: int = HIST_PIXELS_PER_BLOCK,
 ) -> tuple[int, int]:
     """Grid (blocks per clip, clips) of ``fame_color_hist``.
 
@@ -175,25 +181,18 @@ def merge_vec16_ok(hw: int, *tensors: torch.Tensor) -> bool:
 # Input checks
 
 
-def _check_cuda(name: str, t: torch.Tensor, device: torch.device | None) -> torch.device:
+def _check_tensor(name: str, t: object) -> None:
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"dali_fame.fame.cuda: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_contiguous():
-        raise ValueError(f"dali_fame.fame.cuda: {name} must be contiguous (call .contiguous() first)")
-    if t.device.type != "cuda":
-        raise ValueError(
-            f"dali_fame.fame.cuda: {name} must be a CUDA tensor, got one on {t.device} "
-            "(use the torch reference, backend='torch', for CPU tensors)"
+        # ValueError, not TypeError: one exception type for every bad input (architecture.md)
+        raise ValueError(  # noqa: TRY004
+            f"dali_fame.fame.cuda: {name} must be a torch.Tensor, got {type(t).__name__}"
         )
-    if device is not None and t.device != device:
-        raise ValueError(
-            f"dali_fame.fame.cuda: {name} is on {t.device} but the other inputs are on {device}"
-        )
-    return t.device
 
 
-def _check_dtype_shape(name: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...],
-                       shape: tuple[int, ...], layout: str) -> None:
+def _check_dtype_shape(
+    name: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...], shape: tuple[int, ...], layout: str
+) -> None:
+    _check_tensor(name, t)
     if t.dtype not in dtypes or tuple(t.shape) != shape:
         want = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
         raise ValueError(
@@ -202,9 +201,35 @@ def _check_dtype_shape(name: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ..
         )
 
 
-def _check_clips_cuda(clips: torch.Tensor) -> torch.device:
+def _check_placement(**tensors: torch.Tensor) -> torch.device:
+    """Contiguity first, then one CUDA device for all; returns that device.
+
+    Checked after every dtype and shape, so that those errors read the same on any machine.
+    """
+    for name, t in tensors.items():
+        if not t.is_contiguous():
+            raise ValueError(
+                f"dali_fame.fame.cuda: {name} must be contiguous (call .contiguous() first)"
+            )
+    device = None
+    for name, t in tensors.items():
+        if t.device.type != "cuda":
+            raise ValueError(
+                f"dali_fame.fame.cuda: {name} must be a CUDA tensor, got one on {t.device} "
+                "(use the torch reference, backend='torch', for CPU tensors)"
+            )
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            raise ValueError(
+                f"dali_fame.fame.cuda: {name} is on {t.device} but the other inputs are on {device}"
+            )
+    assert device is not None
+    return device
+
+
+def _check_clips_shape(clips: torch.Tensor) -> None:
     check_clips(clips)  # (B, T, H, W, 3) uint8, T >= 2, non-empty: the reference's own checks
-    device = _check_cuda("clips", clips, None)
     _, t, h, w, _ = clips.shape
     # int32 kernel arguments; 255 * T must stay exact in float32 (the mean-frame divisor)
     if 3 * h * w >= 2**31 or 255 * t >= 2**24:
@@ -212,18 +237,16 @@ def _check_clips_cuda(clips: torch.Tensor) -> torch.device:
             f"dali_fame.fame.cuda: clips of T x H x W = {t} x {h} x {w} exceed the kernels' "
             "limits (3 H W < 2^31, T <= 65793)"
         )
-    return device
 
 
 def _check_merge_inputs(
     clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor
 ) -> tuple[torch.device, torch.Tensor]:
-    device = _check_clips_cuda(clips)
+    _check_clips_shape(clips)
     bsz, _, h, w, _ = clips.shape
     _check_dtype_shape("mask", mask, (torch.bool, torch.uint8), (bsz, h, w), "(B, H, W)")
-    _check_cuda("mask", mask, device)
     _check_dtype_shape("perm", perm, (torch.int64,), (bsz,), "(B,)")
-    _check_cuda("perm", perm, device)
+    device = _check_placement(clips=clips, mask=mask, perm=perm)
     # bool and uint8 share the byte layout (0 / 1); the kernels read bytes, non-zero = foreground
     return device, mask.view(torch.uint8)
 
@@ -232,7 +255,7 @@ def _check_merge_inputs(
 # Compilation and launch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernels(device_index: int) -> dict[str, object]:
     """All RawKernels compiled for one device: {kernel name: cupy.RawKernel}."""
     import cupy
@@ -246,28 +269,38 @@ def _kernels(device_index: int) -> dict[str, object]:
     return kernels
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _max_blocks(device_index: int) -> int:
     sms = torch.cuda.get_device_properties(device_index).multi_processor_count
     return sms * BLOCKS_PER_SM
+
+
+def _nvtx_range(name: str):
+    """NVTX range ``name`` in the ``dali_fame`` domain (torch's NVTX binding if nvtx is absent)."""
+    try:
+        import nvtx
+    except ImportError:
+        return torch.cuda.nvtx.range(name)
+    return nvtx.annotate(name, domain=NVTX_DOMAIN)
 
 
 @contextmanager
 def _on_torch_stream(device: torch.device, nvtx_name: str) -> Iterator[object]:
     """CuPy device + torch's current stream of ``device`` + an NVTX range; yields cupy."""
     import cupy
-    import nvtx
 
     torch_stream = torch.cuda.current_stream(device)
     if hasattr(cupy.cuda.Stream, "from_external"):  # CuPy >= 14 (ExternalStream deprecated)
         stream = cupy.cuda.Stream.from_external(torch_stream)
     else:
         stream = cupy.cuda.ExternalStream(torch_stream.cuda_stream, device.index)
-    with nvtx.annotate(nvtx_name, domain="dali_fame"), cupy.cuda.Device(device.index), stream:
+    with _nvtx_range(nvtx_name), cupy.cuda.Device(device.index), stream:
         yield cupy
 
 
-def _launch(name: str, device: torch.device, grid: tuple[int, ...], args: tuple, nvtx_name: str) -> None:
+def _launch(
+    name: str, device: torch.device, grid: tuple[int, ...], args: tuple, nvtx_name: str
+) -> None:
     kernel = _kernels(device.index)[name]
     with _on_torch_stream(device, nvtx_name) as cupy:
         cargs = tuple(cupy.from_dlpack(a) if isinstance(a, torch.Tensor) else a for a in args)
@@ -291,7 +324,8 @@ def motion_and_bins_cuda(
         motion: float32 (B, H, W), D on the [0, 1] scale, on clips' device.
         bins: int32 (B, H, W) in 0..999, equal to motion_and_bins_ref's bins.
     """
-    device = _check_clips_cuda(clips)
+    _check_clips_shape(clips)
+    device = _check_placement(clips=clips)
     bsz, t, h, w, _ = clips.shape
     hw = h * w
     motion = torch.empty((bsz, h, w), dtype=torch.float32, device=device)
@@ -324,25 +358,25 @@ def color_histograms_cuda(
         int32 (B, 4, 1000): counts per bin of the pixels with [0] seed > thr_fg,
         [1] seed == thr_fg, [2] seed < thr_bg, [3] seed == thr_bg (= color_histograms_ref).
     """
-    if not isinstance(bins, torch.Tensor) or bins.dim() != 3:
+    _check_tensor("bins", bins)
+    if bins.dim() != 3:
         raise ValueError(
-            "dali_fame.fame.cuda: bins must be an int32 tensor (B, H, W), got "
-            f"{getattr(bins, 'dtype', type(bins).__name__)} {tuple(getattr(bins, 'shape', ()))}"
+            f"dali_fame.fame.cuda: bins must be int32 (B, H, W), got {bins.dtype} {tuple(bins.shape)}"
         )
     bsz, h, w = bins.shape
     _check_dtype_shape("bins", bins, (torch.int32,), (bsz, h, w), "(B, H, W)")
-    device = _check_cuda("bins", bins, None)
     _check_dtype_shape("seed", seed, (torch.float32,), (bsz, h, w), "(B, H, W)")
-    _check_cuda("seed", seed, device)
-    for name, thr in (("thr_fg", thr_fg), ("thr_bg", thr_bg)):
-        _check_dtype_shape(name, thr, (torch.float32,), (bsz,), "(B,)")
-        _check_cuda(name, thr, device)
+    _check_dtype_shape("thr_fg", thr_fg, (torch.float32,), (bsz,), "(B,)")
+    _check_dtype_shape("thr_bg", thr_bg, (torch.float32,), (bsz,), "(B,)")
+    device = _check_placement(bins=bins, seed=seed, thr_fg=thr_fg, thr_bg=thr_bg)
     if bsz > 65535:
         raise ValueError(f"dali_fame.fame.cuda: at most 65535 clips per call, got {bsz}")
     hist = torch.zeros((bsz, 4, NUM_BINS), dtype=torch.int32, device=device)
     if bsz == 0 or h * w == 0:
         return hist
-    grid = hist_grid(h * w, bsz, max_blocks_per_clip=max(1, _max_blocks(device.index) // BLOCKS_PER_SM))
+    grid = hist_grid(
+        h * w, bsz, max_blocks_per_clip=max(1, _max_blocks(device.index) // BLOCKS_PER_SM)
+    )
     _launch(
         "fame_color_hist",
         device,
@@ -401,11 +435,9 @@ def merge_normalize_cuda(
         float32 (B, 3, T, H, W) contiguous: ``(x / 255 - mean[c]) / std[c]`` of the merged clip
         in float32 in exactly that order of operations (bit-equal to merge_normalize_ref on CPU).
     """
-    device, mask_u8 = _check_merge_inputs(clips, mask, perm)
     for name, v in (("mean", mean), ("std", std)):
-        if not isinstance(v, torch.Tensor):
-            raise ValueError(f"dali_fame.fame.cuda: {name} must be a torch.Tensor float32 (3,)")
         _check_dtype_shape(name, v, (torch.float32,), (3,), "(3,)")
+    device, mask_u8 = _check_merge_inputs(clips, mask, perm)
     mean_d = mean.to(device).contiguous()
     std_d = std.to(device).contiguous()
     bsz, t, h, w, _ = clips.shape

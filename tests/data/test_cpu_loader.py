@@ -190,7 +190,7 @@ def test_crops_match_torchvision_resized_crop(videos):
 
 
 def test_workers_and_epochs_do_not_change_samples(videos):
-    kw = dict(batch_size=4, crop=24, seed=1, drop_last=True)
+    kw = {"batch_size": 4, "crop": 24, "seed": 1, "drop_last": True}
     a = build_cpu_loader(videos, workers=0, **kw)
     b = build_cpu_loader(videos, workers=2, **kw)
     for epoch in (0, 1):

@@ -102,7 +102,7 @@ def test_full_frames_equal_direct_pyav_decode_and_cpu_loader(videos):
 def test_crops_match_cpu_loader_within_resampling_tolerance(videos):
     """Same boxes and flips as the CPU loader; only the resize arithmetic differs
     (DALI vs torch antialiased bilinear): mean |diff| < 0.5, 99.9% of values within 2."""
-    kw = dict(batch_size=5, crop=40, seed=7, drop_last=True)
+    kw = {"batch_size": 5, "crop": 40, "seed": 7, "drop_last": True}
     dali = _dali(videos, **kw)
     cpu = build_cpu_loader(videos, workers=0, **kw)
     for a, b in zip(dali, cpu):

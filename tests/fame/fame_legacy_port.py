@@ -70,13 +70,20 @@ def batched_bincount(x: torch.Tensor, max_value: int) -> torch.Tensor:
     return target
 
 
-def legacy_mask(video: torch.Tensor, *, beta: float = 0.5, crop_size: int | None = None) -> torch.Tensor:
+def legacy_mask(
+    video: torch.Tensor,
+    *,
+    beta: float = 0.5,
+    crop_size: int | None = None,
+    double_hue: bool = True,
+) -> torch.Tensor:
     """The released getmask + getSeg.
 
     Args:
         video: float32 (B, C, T, H, W) in [0, 1].
         beta: foreground fraction.
         crop_size: the training crop (defaults to H, as in the released code's square crops).
+        double_hue: the released code's extra 2*pi on the hue angle; False corrects it only.
 
     Returns:
         float32 (B, H, W) of 0 / 1.
@@ -94,8 +101,9 @@ def legacy_mask(video: torch.Tensor, *, beta: float = 0.5, crop_size: int | None
     dim_h = dim_s = dim_v = 10
     hsv = hsv.reshape(b, -1, h, w)
     img_h, img_s, img_v = hsv[:, 0], hsv[:, 1], hsv[:, 2]
-    hx = (img_s * torch.cos(img_h * 2 * math.pi) + 1) / 2  # the doubly scaled hue
-    hy = (img_s * torch.sin(img_h * 2 * math.pi) + 1) / 2
+    angle = img_h * 2 * math.pi if double_hue else img_h  # the released code: doubly scaled
+    hx = (img_s * torch.cos(angle) + 1) / 2
+    hy = (img_s * torch.sin(angle) + 1) / 2
     qh = torch.round(hx * (dim_h - 1) + 1)
     qs = torch.round(hy * (dim_s - 1) + 1)
     qv = torch.round(img_v * (dim_v - 1) + 1)

@@ -35,6 +35,7 @@ SHIMS = {
     "motion_bins": "motion_bins_shim.cpp",
     "color_hist": "color_hist_shim.cpp",
     "merge": "merge_shim.cpp",
+    "selftest": "emu_selftest_shim.cpp",  # the emulator itself
 }
 CXX = os.environ.get("CXX", "g++")
 CXXFLAGS = (
@@ -80,7 +81,9 @@ def _build(kernels: Path, out_dir: Path) -> dict[str, Path]:
         if proc.returncode != 0:
             raise RuntimeError(f"host-emulation build failed: {' '.join(cmd)}\n{err}")
         if err.strip():
-            raise RuntimeError(f"host-emulation build warned (keep the kernels warning-free):\n{err}")
+            raise RuntimeError(
+                f"host-emulation build warned (keep the kernels warning-free):\n{err}"
+            )
         os.replace(tmp, libs[stem])
     return libs
 
@@ -107,8 +110,19 @@ class Emu:
         ch.emu_color_hist.argtypes = [U, U, U, P, P, P, P, P, I]
         mg.emu_merge.argtypes = [I, U, U, P, P, P, P, I, I, I]
         mg.emu_merge_normalize.argtypes = [I, U, U, P, P, P, P, P, P, I, I, I]
-        for lib, fn in ((mb, "emu_motion_bins"), (ch, "emu_color_hist"), (mg, "emu_merge"),
-                        (mg, "emu_merge_normalize")):
+        st = self.libs["selftest"]
+        st.emu_selftest_reverse.argtypes = [U, U, P, P, I]
+        st.emu_selftest_ids.argtypes = [U, U, U, U, U, U, P]
+        st.emu_selftest_atomics.argtypes = [U, U, P, P, I]
+        for lib, fn in (
+            (mb, "emu_motion_bins"),
+            (ch, "emu_color_hist"),
+            (mg, "emu_merge"),
+            (mg, "emu_merge_normalize"),
+            (st, "emu_selftest_reverse"),
+            (st, "emu_selftest_ids"),
+            (st, "emu_selftest_atomics"),
+        ):
             getattr(lib, fn).restype = None
 
     @staticmethod
@@ -119,8 +133,14 @@ class Emu:
             raise AssertionError("the vector kernel was forced where its preconditions fail")
         return path == "vec"
 
-    def motion_and_bins(self, clips: torch.Tensor, *, legacy_hue: bool = False, path: str = "auto",
-                        max_blocks: int = EMU_MAX_BLOCKS) -> tuple[torch.Tensor, torch.Tensor]:
+    def motion_and_bins(
+        self,
+        clips: torch.Tensor,
+        *,
+        legacy_hue: bool = False,
+        path: str = "auto",
+        max_blocks: int = EMU_MAX_BLOCKS,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         bsz, t, h, w, _ = clips.shape
         hw = h * w
         motion = torch.empty((bsz, h, w), dtype=torch.float32)
@@ -128,37 +148,87 @@ class Emu:
         vec = self._use_vec(path, fcuda.motion_vec4_ok(hw, clips, motion, bins))
         grid = fcuda.grid_1d(bsz * hw // 4 if vec else bsz * hw, max_blocks=max_blocks)
         self.libs["motion_bins"].emu_motion_bins(
-            int(vec), grid, fcuda.BLOCK, _ptr(clips), _ptr(motion), _ptr(bins), bsz, t, hw,
-            int(legacy_hue))
+            int(vec),
+            grid,
+            fcuda.BLOCK,
+            _ptr(clips),
+            _ptr(motion),
+            _ptr(bins),
+            bsz,
+            t,
+            hw,
+            int(legacy_hue),
+        )
         return motion, bins
 
-    def color_histograms(self, bins: torch.Tensor, seed: torch.Tensor, thr_fg: torch.Tensor,
-                         thr_bg: torch.Tensor, *, max_blocks_per_clip: int = 3,
-                         pixels_per_block: int = fcuda.HIST_PIXELS_PER_BLOCK) -> torch.Tensor:
+    def color_histograms(
+        self,
+        bins: torch.Tensor,
+        seed: torch.Tensor,
+        thr_fg: torch.Tensor,
+        thr_bg: torch.Tensor,
+        *,
+        max_blocks_per_clip: int = 3,
+        pixels_per_block: int = fcuda.HIST_PIXELS_PER_BLOCK,
+    ) -> torch.Tensor:
         bsz, h, w = bins.shape
         hist = torch.zeros((bsz, 4, 1000), dtype=torch.int32)
-        gx, gy = fcuda.hist_grid(h * w, bsz, max_blocks_per_clip=max_blocks_per_clip,
-                                 pixels_per_block=pixels_per_block)
+        gx, gy = fcuda.hist_grid(
+            h * w, bsz, max_blocks_per_clip=max_blocks_per_clip, pixels_per_block=pixels_per_block
+        )
         self.libs["color_hist"].emu_color_hist(
-            gx, gy, fcuda.BLOCK, _ptr(bins), _ptr(seed), _ptr(thr_fg), _ptr(thr_bg), _ptr(hist),
-            h * w)
+            gx,
+            gy,
+            fcuda.BLOCK,
+            _ptr(bins),
+            _ptr(seed),
+            _ptr(thr_fg),
+            _ptr(thr_bg),
+            _ptr(hist),
+            h * w,
+        )
         return hist
 
-    def merge(self, clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor, *,
-              path: str = "auto", max_blocks: int = EMU_MAX_BLOCKS) -> torch.Tensor:
+    def merge(
+        self,
+        clips: torch.Tensor,
+        mask: torch.Tensor,
+        perm: torch.Tensor,
+        *,
+        path: str = "auto",
+        max_blocks: int = EMU_MAX_BLOCKS,
+    ) -> torch.Tensor:
         bsz, t, h, w, _ = clips.shape
         hw = h * w
         mask_u8 = mask.view(torch.uint8)
         out = torch.empty_like(clips)
         vec = self._use_vec(path, fcuda.merge_vec16_ok(hw, clips, mask_u8, out))
         grid = fcuda.grid_1d(bsz * t * (hw // 16 if vec else hw), max_blocks=max_blocks)
-        self.libs["merge"].emu_merge(int(vec), grid, fcuda.BLOCK, _ptr(clips), _ptr(mask_u8),
-                                     _ptr(perm), _ptr(out), bsz, t, hw)
+        self.libs["merge"].emu_merge(
+            int(vec),
+            grid,
+            fcuda.BLOCK,
+            _ptr(clips),
+            _ptr(mask_u8),
+            _ptr(perm),
+            _ptr(out),
+            bsz,
+            t,
+            hw,
+        )
         return out
 
-    def merge_normalize(self, clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor,
-                        mean: torch.Tensor, std: torch.Tensor, *, path: str = "auto",
-                        max_blocks: int = EMU_MAX_BLOCKS) -> torch.Tensor:
+    def merge_normalize(
+        self,
+        clips: torch.Tensor,
+        mask: torch.Tensor,
+        perm: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        *,
+        path: str = "auto",
+        max_blocks: int = EMU_MAX_BLOCKS,
+    ) -> torch.Tensor:
         bsz, t, h, w, _ = clips.shape
         hw = h * w
         mask_u8 = mask.view(torch.uint8)
@@ -166,8 +236,19 @@ class Emu:
         vec = self._use_vec(path, fcuda.merge_vec16_ok(hw, clips, mask_u8, out))
         grid = fcuda.grid_1d(bsz * t * (hw // 16 if vec else hw), max_blocks=max_blocks)
         self.libs["merge"].emu_merge_normalize(
-            int(vec), grid, fcuda.BLOCK, _ptr(clips), _ptr(mask_u8), _ptr(perm), _ptr(mean),
-            _ptr(std), _ptr(out), bsz, t, hw)
+            int(vec),
+            grid,
+            fcuda.BLOCK,
+            _ptr(clips),
+            _ptr(mask_u8),
+            _ptr(perm),
+            _ptr(mean),
+            _ptr(std),
+            _ptr(out),
+            bsz,
+            t,
+            hw,
+        )
         return out
 
 
@@ -179,8 +260,11 @@ def emu(request, tmp_path_factory) -> Emu:
     kernels = fcuda.kernels_dir()
     key = _source_hash(kernels)
     cache = getattr(request.config, "cache", None)
-    root = cache.mkdir("dali_fame_kernels_emu") if cache is not None else (
-        tmp_path_factory.mktemp("kernels_emu"))
+    root = (
+        cache.mkdir("dali_fame_kernels_emu")
+        if cache is not None
+        else (tmp_path_factory.mktemp("kernels_emu"))
+    )
     start = time.perf_counter()
     libs = _build(kernels, Path(root) / key)
     seconds = time.perf_counter() - start
@@ -226,8 +310,11 @@ class Nvrtc:
 
     def compile(self, source: str, name: str, options: tuple[str, ...]) -> NvrtcResult:
         prog = ctypes.c_void_p()
-        self._check(self.lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(),
-                                                0, None, None))
+        self._check(
+            self.lib.nvrtcCreateProgram(
+                ctypes.byref(prog), source.encode(), name.encode(), 0, None, None
+            )
+        )
         try:
             opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
             status = self.lib.nvrtcCompileProgram(prog, len(options), opts)
@@ -252,4 +339,3 @@ def nvrtc() -> Nvrtc:
     if path is None:
         pytest.skip("NVRTC 12 not installed (pip install nvidia-cuda-nvrtc-cu12)")
     return Nvrtc(path)
-

@@ -37,7 +37,7 @@ def tricky_clips(b: int, t: int, h: int, w: int, *, seed: int) -> torch.Tensor:
     palette = palette_values[torch.randint(0, 6, shape, generator=g)]
     tied = noise.clone()
     tied[..., 1] = tied[..., 0]  # r == g, often the max
-    primaries = (torch.randint(0, 2, (b, 1, h, w, 3), generator=g, dtype=torch.uint8) * 255)
+    primaries = torch.randint(0, 2, (b, 1, h, w, 3), generator=g, dtype=torch.uint8) * 255
     primaries = primaries.expand(shape)
     kinds = torch.randint(0, 6, (b, 1, h, w, 1), generator=g).expand(shape)
     out = noise.clone()
@@ -69,8 +69,9 @@ def bin_edge_clip(t: int, h: int, w: int, values: list[int]) -> torch.Tensor:
     return frames_with_sums(sums, t).view(1, t, h, w, 3).contiguous()
 
 
-def structured_mask(b: int, h: int, w: int, *, seed: int, dtype: torch.dtype = torch.bool
-                    ) -> torch.Tensor:
+def structured_mask(
+    b: int, h: int, w: int, *, seed: int, dtype: torch.dtype = torch.bool
+) -> torch.Tensor:
     """(B, H, W) mask of 4 x 6 blocks with sparse single-pixel flips: uniform and mixed runs."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(b, -(-h // 4), -(-w // 6), generator=g) < 0.5
@@ -99,8 +100,9 @@ def misaligned_copy(x: torch.Tensor, offset: int = 1) -> torch.Tensor:
     return out
 
 
-def seed_inputs(b: int, h: int, w: int, *, seed: int, levels: int = 20
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def seed_inputs(
+    b: int, h: int, w: int, *, seed: int, levels: int = 20
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """bins int32 (B, H, W), seed float32 (B, H, W) with many ties, thr_fg, thr_bg (B,).
 
     Thresholds as FAME computes them: thr_fg the kF-th largest, thr_bg the kB-th smallest seed

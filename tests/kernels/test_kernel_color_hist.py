@@ -39,9 +39,14 @@ def test_color_hist_grid_shapes(emu, size, max_blocks_per_clip, pixels_per_block
     # per clip, each zeroing, filling and flushing its own shared histogram into the same bins
     b, h, w = size
     bins, seed, thr_fg, thr_bg = seed_inputs(b, h, w, seed=11)
-    hist = emu.color_histograms(bins, seed, thr_fg, thr_bg,
-                                max_blocks_per_clip=max_blocks_per_clip,
-                                pixels_per_block=pixels_per_block)
+    hist = emu.color_histograms(
+        bins,
+        seed,
+        thr_fg,
+        thr_bg,
+        max_blocks_per_clip=max_blocks_per_clip,
+        pixels_per_block=pixels_per_block,
+    )
     assert torch.equal(hist, color_histograms_ref(bins, seed, thr_fg, thr_bg))
 
 

@@ -51,7 +51,7 @@ def test_merge_normalize_matches_reference_on_odd_sizes(emu, size):
 
 @pytest.mark.parametrize("size", VEC_SIZES, ids=lambda s: "x".join(map(str, s)))
 def test_vec16_kernels_equal_scalar_kernels_and_reference(emu, size):
-    b, t, h, w = size
+    b = size[0]
     clips, mask, perm = _inputs(size, seed=3, mask_dtype=torch.uint8)
     # the masks must give the vector path all three cases: all-foreground, all-background and
     # mixed groups of 16 pixels
@@ -85,8 +85,10 @@ def test_full_mask_returns_clips_and_empty_mask_returns_the_permuted_batch(emu):
     ones = torch.ones(3, 16, 32, dtype=torch.bool)
     assert torch.equal(emu.merge(clips, ones, perm), clips)
     assert torch.equal(emu.merge(clips, ~ones, perm), clips[perm])
-    assert torch.equal(emu.merge(clips[:, :, :7, :9].contiguous(), ones[:, :7, :9].contiguous(),
-                                 perm), clips[:, :, :7, :9])
+    assert torch.equal(
+        emu.merge(clips[:, :, :7, :9].contiguous(), ones[:, :7, :9].contiguous(), perm),
+        clips[:, :, :7, :9],
+    )
 
 
 def test_out_of_range_perm_keeps_the_clip(emu):

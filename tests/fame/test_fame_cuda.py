@@ -1,0 +1,51 @@
+"""FAME on CUDA tensors: the torch reference is device-independent and the CuPy backend matches it.
+
+Skipped without a GPU (marker ``cuda``). The kernels' own tests (tests/kernels/) compare each
+intermediate; these compare the whole public API across devices and backends.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fame_clips import moving_square_clips
+
+from dali_fame.fame import VARIANTS, fame_mask, fame_merge, fame_merge_normalize
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture(scope="module")
+def clips():
+    noisy = moving_square_clips(3, 17, 113, seed=1)[0]
+    static = torch.full((2, 4, 7, 9, 3), 50, dtype=torch.uint8)  # all ties
+    return [noisy, static]
+
+
+def _backends():
+    from dali_fame.fame.dispatch import _load_cuda_ops
+
+    return ["torch"] + (["cuda"] if not isinstance(_load_cuda_ops(), Exception) else [])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("legacy_hue", [False, True])
+def test_gpu_masks_equal_the_cpu_reference(clips, variant, legacy_hue):
+    for x in clips:
+        cpu = fame_mask(x, variant=variant, legacy_hue=legacy_hue)
+        for backend in _backends():
+            gpu = fame_mask(x.cuda(), variant=variant, legacy_hue=legacy_hue, backend=backend)
+            assert gpu.is_cuda
+            assert torch.equal(gpu.cpu(), cpu), backend
+
+
+def test_gpu_merge_equals_the_cpu_reference(clips):
+    x = clips[0]
+    mask = fame_mask(x)
+    perm = torch.tensor([2, 0, 1])
+    cpu = fame_merge(x, mask, perm)
+    cpu_norm = fame_merge_normalize(x, mask, perm)
+    for backend in _backends():
+        assert torch.equal(fame_merge(x.cuda(), mask.cuda(), perm, backend=backend).cpu(), cpu)
+        gpu_norm = fame_merge_normalize(x.cuda(), mask.cuda(), perm.cuda(), backend=backend)
+        torch.testing.assert_close(gpu_norm.cpu(), cpu_norm)

@@ -1,0 +1,209 @@
+"""dali_fame.fame.cuda: import hygiene, input checks, launch configuration, and (marked ``cuda``,
+skipped without a GPU) the launchers against the torch reference on the device."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from kernel_inputs import (
+    K400_MEAN,
+    K400_STD,
+    ODD_SIZES,
+    VEC_SIZES,
+    misaligned_copy,
+    random_perm,
+    seed_inputs,
+    structured_mask,
+    tricky_clips,
+)
+
+from dali_fame.fame import cuda as fcuda
+from dali_fame.fame import reference as ref
+
+
+def test_import_touches_neither_cupy_nor_cuda():
+    code = (
+        "import sys, torch\n"
+        "import dali_fame.fame.cuda\n"
+        "assert 'cupy' not in sys.modules, 'cupy imported at module import time'\n"
+        "assert 'nvtx' not in sys.modules, 'nvtx imported at module import time'\n"
+        "assert not torch.cuda.is_initialized(), 'CUDA initialised at import time'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ---- input checks (all raise before anything touches CUDA, so they run without a GPU) -------
+
+
+def _clips(b=2, t=3, h=8, w=14, device="cpu"):
+    return torch.zeros((b, t, h, w, 3), dtype=torch.uint8, device=device)
+
+
+@pytest.mark.parametrize(
+    "clips,match",
+    [
+        (_clips(), "must be a CUDA tensor"),
+        (_clips().float(), "must be uint8"),
+        (torch.zeros(2, 3, 3, 8, 14, dtype=torch.uint8), r"\(B, T, H, W, 3\)"),
+        (torch.zeros(3, 8, 14, 3, dtype=torch.uint8), r"\(B, T, H, W, 3\)"),
+        (_clips(t=1), "T >= 2"),
+        (_clips().transpose(2, 3), "contiguous"),
+    ],
+    ids=["cpu", "float", "bcthw", "rank4", "one_frame", "non_contiguous"],
+)
+def test_motion_and_bins_cuda_rejects_bad_clips(clips, match):
+    with pytest.raises(ValueError, match=match):
+        fcuda.motion_and_bins_cuda(clips)
+
+
+def test_merge_launchers_reject_bad_inputs():
+    clips = _clips()
+    mask = torch.ones(2, 8, 14, dtype=torch.bool)
+    perm = torch.tensor([1, 0])
+    with pytest.raises(ValueError, match="mask must be bool or uint8"):
+        fcuda.merge_cuda(clips, mask.float(), perm)
+    with pytest.raises(ValueError, match="mask must be"):
+        fcuda.merge_cuda(clips, mask[:, :7], perm)
+    with pytest.raises(ValueError, match="perm must be int64"):
+        fcuda.merge_cuda(clips, mask, perm.int())
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        fcuda.merge_cuda(clips, mask, perm)
+    with pytest.raises(ValueError, match="std must be float32"):
+        fcuda.merge_normalize_cuda(clips, mask, perm, torch.zeros(3), torch.ones(3).double())
+
+
+def test_color_histograms_cuda_rejects_bad_inputs():
+    bins, seed, thr_fg, thr_bg = seed_inputs(2, 7, 9, seed=0)
+    with pytest.raises(ValueError, match="bins must be int32"):
+        fcuda.color_histograms_cuda(bins.long(), seed, thr_fg, thr_bg)
+    with pytest.raises(ValueError, match="seed must be float32"):
+        fcuda.color_histograms_cuda(bins, seed.double(), thr_fg, thr_bg)
+    with pytest.raises(ValueError, match=r"thr_bg must be float32 \(B,\)"):
+        fcuda.color_histograms_cuda(bins, seed, thr_fg, thr_bg[:1])
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        fcuda.color_histograms_cuda(bins, seed, thr_fg, thr_bg)
+
+
+# ---- launch configuration and kernel sources -----------------------------------------------
+
+
+def test_grid_1d_covers_the_work_or_caps():
+    assert fcuda.grid_1d(0, max_blocks=64) == 1
+    assert fcuda.grid_1d(1, max_blocks=64) == 1
+    assert fcuda.grid_1d(256 * 5 + 1, max_blocks=64) == 6
+    assert fcuda.grid_1d(10**9, max_blocks=64) == 64
+
+
+def test_hist_grid():
+    assert fcuda.hist_grid(224 * 224, 8, max_blocks_per_clip=132) == (13, 8)
+    assert fcuda.hist_grid(63, 3, max_blocks_per_clip=132) == (1, 3)
+    assert fcuda.hist_grid(224 * 224, 8, max_blocks_per_clip=4) == (4, 8)
+
+
+def test_vector_paths_need_divisible_sizes_and_alignment():
+    clips = _clips(h=8, w=14)
+    mask = torch.zeros(2, 8, 14, dtype=torch.uint8)
+    out = torch.empty_like(clips)
+    assert fcuda.merge_vec16_ok(112, clips, mask, out)
+    assert not fcuda.merge_vec16_ok(7 * 9, clips, mask, out)
+    assert not fcuda.merge_vec16_ok(112, misaligned_copy(clips, 4), mask, out)
+    motion, bins = torch.empty(2, 8, 14), torch.empty(2, 8, 14, dtype=torch.int32)
+    assert fcuda.motion_vec4_ok(112, clips, motion, bins)
+    assert not fcuda.motion_vec4_ok(7 * 9, clips, motion, bins)
+    assert not fcuda.motion_vec4_ok(112, misaligned_copy(clips, 2), motion, bins)
+
+
+def test_kernels_dir_search(tmp_path, monkeypatch):
+    repo_kernels = fcuda.kernels_dir()
+    assert all((repo_kernels / f"{s}.cu").is_file() for s in fcuda.KERNEL_FILES)
+    # an explicit directory wins (e.g. a non-editable install without the sources)
+    for f in repo_kernels.glob("*.cu*"):
+        shutil.copy(f, tmp_path / f.name)
+    monkeypatch.setenv(fcuda.KERNELS_DIR_ENV, str(tmp_path))
+    assert fcuda.kernels_dir() == tmp_path
+    assert "fame_merge_vec16" in fcuda.kernel_source("merge")
+    with pytest.raises(ValueError, match="unknown kernel file"):
+        fcuda.kernel_source("blur")
+
+
+def test_kernels_dir_missing_everywhere(tmp_path, monkeypatch):
+    monkeypatch.setattr(fcuda, "_kernels_dir_candidates", lambda: [tmp_path])
+    with pytest.raises(FileNotFoundError, match=fcuda.KERNELS_DIR_ENV):
+        fcuda.kernels_dir()
+
+
+# ---- on the GPU ------------------------------------------------------------------------------
+
+MEAN = torch.tensor(K400_MEAN, dtype=torch.float32)
+STD = torch.tensor(K400_STD, dtype=torch.float32)
+GPU_SIZES = ODD_SIZES + VEC_SIZES
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("legacy_hue", [False, True], ids=["hue", "legacy_hue"])
+@pytest.mark.parametrize("size", GPU_SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_motion_and_bins_cuda_matches_reference(size, legacy_hue):
+    clips = tricky_clips(*size, seed=sum(size))
+    motion, bins = fcuda.motion_and_bins_cuda(clips.cuda(), legacy_hue=legacy_hue)
+    ref_motion, ref_bins = ref.motion_and_bins_ref(clips, legacy_hue=legacy_hue)  # on the CPU
+    assert motion.is_cuda and bins.dtype == torch.int32
+    assert torch.equal(bins.cpu(), ref_bins)
+    torch.testing.assert_close(motion.cpu(), ref_motion)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "size", sorted({(b, h, w) for b, _, h, w in GPU_SIZES}), ids=lambda s: "x".join(map(str, s))
+)
+def test_color_histograms_cuda_matches_reference(size):
+    inputs = seed_inputs(*size, seed=sum(size))
+    hist = fcuda.color_histograms_cuda(*(x.cuda() for x in inputs))
+    assert torch.equal(hist.cpu(), ref.color_histograms_ref(*inputs))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.uint8], ids=["bool", "uint8"])
+@pytest.mark.parametrize("size", GPU_SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_merge_cuda_matches_reference(size, mask_dtype):
+    b, t, h, w = size
+    clips = tricky_clips(b, t, h, w, seed=sum(size))
+    mask = structured_mask(b, h, w, seed=1, dtype=mask_dtype)
+    perm = random_perm(b, seed=2)
+    out = fcuda.merge_cuda(clips.cuda(), mask.cuda(), perm.cuda())
+    assert torch.equal(out.cpu(), ref.merge_ref(clips, mask, perm))
+    out_n = fcuda.merge_normalize_cuda(clips.cuda(), mask.cuda(), perm.cuda(), MEAN, STD)
+    ref_n = ref.merge_normalize_ref(clips, mask, perm, MEAN, STD)
+    torch.testing.assert_close(out_n.cpu(), ref_n)
+    assert torch.equal(out_n.cpu(), ref_n)  # the kernels' lookup table uses the CPU formula
+
+
+@pytest.mark.cuda
+def test_launchers_run_on_torchs_current_stream_and_misaligned_inputs():
+    b, t, h, w = 3, 17, 16, 32
+    clips = tricky_clips(b, t, h, w, seed=5)
+    mask = structured_mask(b, h, w, seed=6)
+    perm = random_perm(b, seed=7)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        # a large producer on the side stream right before the launch: without stream ordering
+        # the kernel would read clips_d before the copy lands
+        clips_d = torch.empty(clips.shape, dtype=torch.uint8, device="cuda")
+        clips_d.copy_(clips.pin_memory(), non_blocking=True)
+        clips_m = misaligned_copy(clips_d, offset=4)  # scalar fallback path
+        out = fcuda.merge_cuda(clips_m, mask.cuda(), perm.cuda())
+        _, bins = fcuda.motion_and_bins_cuda(clips_m)
+    stream.synchronize()
+    assert torch.equal(out.cpu(), ref.merge_ref(clips, mask, perm))
+    assert torch.equal(bins.cpu(), ref.motion_and_bins_ref(clips)[1])
+
+
+@pytest.mark.cuda
+def test_launchers_reject_mixed_devices():
+    clips = _clips(device="cuda")
+    with pytest.raises(ValueError, match="same device|CUDA tensor"):
+        fcuda.merge_cuda(clips, torch.ones(2, 8, 14, dtype=torch.bool), torch.tensor([1, 0]))

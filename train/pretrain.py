@@ -1,0 +1,262 @@
+"""MoCo pretraining with FAME (or BE, or neither) on videos, launched with Accelerate.
+
+CPU demo (no arguments: synthetic dataset, tiny backbone, a few minutes):
+    accelerate launch train/pretrain.py
+2 CPU processes (real DDP over gloo):
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 train/pretrain.py
+One GPU, Kinetics-400, R(2+1)D-18 at 112:
+    accelerate launch train/pretrain.py --config configs/pretrain_k400_r2plus1d.yaml \
+        --data-root /data/kinetics400 --dataset-format kinetics400
+8 GPUs (the config's batch size is the global batch):
+    accelerate launch --multi_gpu --num_processes 8 train/pretrain.py --config configs/pretrain_k400_i3d.yaml \
+        --data-root /data/kinetics400
+Resume the newest checkpoint of a run:
+    accelerate launch train/pretrain.py --config ... --output-dir runs/x --resume auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import broadcast, set_seed
+from tqdm.auto import tqdm
+
+from dali_fame.augment import ClipAugment
+from dali_fame.backends import select_fame_backend
+from dali_fame.config import ConfigError, load_config, parse_override, save_config, to_dict
+from dali_fame.engine.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
+from dali_fame.engine.data import build_loader, load_split
+from dali_fame.engine.monitor import StepTimer, SummaryCSV, clip_mask_grid
+from dali_fame.engine.preemption import PreemptionFlag
+from dali_fame.engine.schedule import lr_at
+from dali_fame.fame import FAME, BackgroundErasing
+from dali_fame.models import build_backbone
+from dali_fame.moco import MoCo
+
+logger = get_logger("pretrain")
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_cpu.yaml"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the CPU demo)")
+    p.add_argument("--output-dir", help="run directory (config: output_dir)")
+    p.add_argument("--data-root", help="dataset root (config: data.root); default: built-in synthetic data")
+    p.add_argument("--dataset-format", help="ucf101 | hmdb51 | kinetics400 | diving48 | ssv2 | folder | csv")
+    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--resume", help="'auto' (newest checkpoint of --output-dir) or a checkpoint directory")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--loader", choices=("auto", "cpu", "dali"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
+    return p.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace):
+    flags = {
+        "output_dir": args.output_dir, "data.root": args.data_root, "data.format": args.dataset_format,
+        "train.max_steps": args.max_steps, "train.epochs": args.epochs, "train.seed": args.seed,
+        "data.loader": args.loader,
+    }
+    overrides = [parse_override(f"{k}={v}") for k, v in flags.items() if v is not None]
+    if args.data_root and not args.dataset_format:
+        overrides.append({"data": {"format": "folder"}})
+    return load_config(args.config, overrides=overrides + [parse_override(s) for s in args.set])
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """All randomness of one step (FAME permutations, augmentations) from (seed, step, rank)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
+    run_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run_dir)
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.train.batch_size % world:
+        raise SystemExit(f"config error: train.batch_size ({cfg.train.batch_size}) must be divisible "
+                         f"by the number of processes ({world})")
+    local_batch = cfg.train.batch_size // world
+    set_seed(cfg.train.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    # --- data: index (cached), sampler, loader ---------------------------------------------
+    split = load_split(cfg.data, split=cfg.data.split, is_main=accelerator.is_main_process,
+                       wait=accelerator.wait_for_everyone)
+    num_views = 3 if cfg.debias.method == "fame" and cfg.debias.background == "intra" else 2
+    loader, loader_choice = build_loader(
+        split.records, cfg.data, batch_size=local_batch, mode="train", seed=cfg.train.seed, rank=rank,
+        world_size=world, local_rank=accelerator.local_process_index, num_views=num_views)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"config error: {len(split.records)} videos give no full batch of "
+                         f"{local_batch} per process: lower train.batch_size")
+    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+
+    # --- model, debiasing, augmentation, optimizer ----------------------------------------
+    fame_backend = select_fame_backend(cfg.debias.backend)
+    both = cfg.debias.views == "both"
+    if cfg.debias.method == "fame":
+        debias = FAME(beta=cfg.debias.beta, variant=cfg.debias.variant, both=both,
+                      background=cfg.debias.background, legacy_hue=cfg.debias.legacy_hue,
+                      derangement=cfg.debias.derangement, backend=fame_backend.name)
+    elif cfg.debias.method == "be":
+        debias = BackgroundErasing(gamma=cfg.debias.be_gamma, per_clip=cfg.debias.be_per_clip, both=both)
+    else:
+        debias = None
+    augment = ClipAugment(crop=cfg.data.crop)
+    model = MoCo(build_backbone(cfg.model.backbone), dim=cfg.moco.dim, queue_size=cfg.moco.queue_size,
+                 momentum=cfg.moco.momentum, temperature=cfg.moco.temperature,
+                 global_batch_size=cfg.train.batch_size, shuffle_bn=cfg.moco.shuffle_bn,
+                 generator=torch.Generator().manual_seed(cfg.train.seed))
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.unwrap_model(model).set_distributed(
+        rank=rank, world_size=world, gather=accelerator.gather, broadcast=broadcast)
+
+    state = TrainerState()
+    resume_from = resolve_resume(args.resume, run_dir)
+    if resume_from is not None:
+        state, _ = load_checkpoint(accelerator, resume_from)
+        logger.info(f"resumed from {resume_from}: epoch {state.epoch}, step {state.step}", main_process_only=True)
+    config_dict = to_dict(cfg)
+    accelerator.init_trackers("tb", config=_flat(config_dict))
+    summary = SummaryCSV(run_dir / "summary.csv") if accelerator.is_main_process else None
+    logger.info(f"{len(split.records)} videos, {steps_per_epoch} steps/epoch, {world} process(es), "
+                f"batch {cfg.train.batch_size} ({local_batch}/process), loader {loader_choice.name}, "
+                f"FAME backend {fame_backend.name} ({fame_backend.reason})", main_process_only=True)
+
+    # --- the loop ----------------------------------------------------------------------------
+    timer = StepTimer()
+    bar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process,
+               desc="pretrain", dynamic_ncols=True)
+    stop_reason = None
+    with PreemptionFlag() as preempt:
+        while state.step < total_steps and stop_reason is None:
+            loader.set_epoch(state.epoch)
+            epoch_loss = epoch_acc = 0.0
+            epoch_steps = 0
+            epoch_start = time.perf_counter()
+            for batch_idx, batch in enumerate(loader):
+                if batch_idx < state.batch_in_epoch:  # resuming mid-epoch: same batches, skipped
+                    continue
+                timer.data_ready()
+                views = batch["views"].to(accelerator.device, non_blocking=True)  # (B, V, T, H, W, 3) uint8
+                gen = step_generator(cfg.train.seed, state.step, rank)
+                v0, v1 = views[:, 0], views[:, 1]
+                masks = None
+                if isinstance(debias, FAME):
+                    out = debias(v0, v1, generator=gen, intra=views[:, 2] if num_views == 3 else None)
+                    v0, v1, masks = out.view0, out.view1, out.mask0
+                elif debias is not None:
+                    out = debias(v0, v1, generator=gen)
+                    v0, v1 = out.view0, out.view1
+                x0, x1 = augment(v0, generator=gen), augment(v1, generator=gen)  # (B, 3, T, H, W) float
+
+                lr = lr_at(state.step, base_lr=cfg.optim.lr, steps_per_epoch=steps_per_epoch,
+                           epochs=cfg.train.epochs, schedule=cfg.optim.schedule,
+                           milestones=cfg.optim.milestones, gamma=cfg.optim.gamma,
+                           warmup_epochs=cfg.optim.warmup_epochs)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with accelerator.autocast():
+                    result = model(x0, x1)
+                loss = result["loss"]
+                bad = accelerator.gather(torch.tensor([float(not torch.isfinite(loss))], device=accelerator.device))
+                if bad.any():
+                    stop_reason = f"non-finite loss at step {state.step} (epoch {state.epoch}); " \
+                                  f"the last good checkpoint is kept"
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                if cfg.optim.clip_grad:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+                optimizer.step()
+                timer.step_done(views.shape[0] * world)
+                state.step += 1
+                state.batch_in_epoch = batch_idx + 1
+                epoch_loss += loss.item()
+                epoch_acc += float(result["acc1"])
+                epoch_steps += 1
+                bar.update(1)
+
+                if state.step % cfg.train.log_every == 0 or state.step == total_steps:
+                    speed = timer.snapshot()
+                    metrics = {"train/loss": loss.item(), "train/acc1": float(result["acc1"]), "train/lr": lr,
+                               "train/clips_per_s": speed["clips_per_s"],
+                               "train/data_wait_frac": speed["data_wait_frac"]}
+                    accelerator.log(metrics, step=state.step)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", acc1=f"{float(result['acc1']):.1f}",
+                                    lr=f"{lr:.3g}", clips_s=f"{speed['clips_per_s']:.1f}",
+                                    wait=f"{speed['data_wait_frac']:.0%}")
+                if cfg.train.image_every and state.step % cfg.train.image_every == 1 and accelerator.is_main_process:
+                    grid = clip_mask_grid(views[0, 0], None if masks is None else masks[0], v0[0])
+                    accelerator.get_tracker("tensorboard", unwrap=True).add_image("fame/clip_mask_merged", grid, state.step)
+                if cfg.train.checkpoint_every_steps and state.step % cfg.train.checkpoint_every_steps == 0:
+                    save_checkpoint(accelerator, run_dir, state, config=config_dict, keep=cfg.train.keep_checkpoints)
+                if preempt.requested or state.step >= total_steps:
+                    break
+            else:  # the loader is exhausted (it may yield fewer batches when videos were skipped)
+                state.batch_in_epoch = steps_per_epoch
+            if stop_reason is None and state.batch_in_epoch >= steps_per_epoch:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            if summary is not None and epoch_steps:
+                summary.append({"epoch": state.epoch if state.batch_in_epoch else state.epoch - 1,
+                                "step": state.step, "loss": epoch_loss / epoch_steps,
+                                "acc1": epoch_acc / epoch_steps,
+                                "seconds": round(time.perf_counter() - epoch_start, 2),
+                                "skipped_videos": len(getattr(loader, "skipped", []))})
+            if stop_reason is None and (state.batch_in_epoch == 0 or preempt.requested or state.step >= total_steps):
+                save_checkpoint(accelerator, run_dir, state, config=config_dict, keep=cfg.train.keep_checkpoints)
+            if preempt.requested:
+                stop_reason = f"received {preempt.requested}: checkpoint saved at step {state.step}"
+    bar.close()
+    accelerator.end_training()
+    if stop_reason and stop_reason.startswith("non-finite"):
+        logger.error(stop_reason, main_process_only=True)
+        return 1
+    if accelerator.is_main_process:
+        print(f"\n{stop_reason or 'done'}: {state.step} steps, {state.epoch} epochs")
+        print(f"  run directory : {run_dir}")
+        print(f"  checkpoints   : {run_dir / 'checkpoints'}")
+        print(f"  summary       : {run_dir / 'summary.csv'}")
+        print(f"  TensorBoard   : tensorboard --logdir {run_dir / 'tb'}")
+        print("next:")
+        print(f"  accelerate launch train/linear_probe.py --pretrained {run_dir / 'checkpoints'}")
+        print(f"  accelerate launch train/retrieval.py --pretrained {run_dir / 'checkpoints'}")
+        print(f"  accelerate launch train/finetune.py --pretrained {run_dir / 'checkpoints'}")
+    return 0
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """Flatten the config for TensorBoard's hparams (lists and None become strings)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
