@@ -25,6 +25,7 @@ class DataConfig:
     format: str = "synthetic"  #: one of DATASET_FORMATS
     split: str = "train"
     split_id: int = 1
+    annotation_dir: str | None = None  #: split / annotation files when not under root
     cache_dir: str | None = None  #: where the index cache and the synthetic data go
     loader: str = "auto"  #: auto | cpu | dali
     workers: int = 2

@@ -17,6 +17,7 @@ Resume the newest checkpoint of a run:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from dali_fame.backends import select_fame_backend
 from dali_fame.config import ConfigError, load_config, parse_override, save_config, to_dict
 from dali_fame.engine.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
 from dali_fame.engine.data import build_loader, load_split
-from dali_fame.engine.monitor import StepTimer, SummaryCSV, clip_mask_grid
+from dali_fame.engine.monitor import MetricsLog, StepTimer, SummaryCSV, clip_mask_grid, replica_fingerprint
 from dali_fame.engine.preemption import PreemptionFlag
 from dali_fame.engine.schedule import lr_at
 from dali_fame.fame import FAME, BackgroundErasing
@@ -141,6 +142,7 @@ def main(argv=None) -> int:
     config_dict = to_dict(cfg)
     accelerator.init_trackers("tb", config=_flat(config_dict))
     summary = SummaryCSV(run_dir / "summary.csv") if accelerator.is_main_process else None
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl") if accelerator.is_main_process else None
     logger.info(f"{len(split.records)} videos, {steps_per_epoch} steps/epoch, {world} process(es), "
                 f"batch {cfg.train.batch_size} ({local_batch}/process), loader {loader_choice.name}, "
                 f"FAME backend {fame_backend.name} ({fame_backend.reason})", main_process_only=True)
@@ -205,6 +207,8 @@ def main(argv=None) -> int:
                                "train/clips_per_s": speed["clips_per_s"],
                                "train/data_wait_frac": speed["data_wait_frac"]}
                     accelerator.log(metrics, step=state.step)
+                    if metrics_log is not None:
+                        metrics_log.append(state.step, {**metrics, "epoch": state.epoch})
                     bar.set_postfix(loss=f"{loss.item():.3f}", acc1=f"{float(result['acc1']):.1f}",
                                     lr=f"{lr:.3g}", clips_s=f"{speed['clips_per_s']:.1f}",
                                     wait=f"{speed['data_wait_frac']:.0%}")
@@ -230,9 +234,18 @@ def main(argv=None) -> int:
             if preempt.requested:
                 stop_reason = f"received {preempt.requested}: checkpoint saved at step {state.step}"
     bar.close()
+    # every replica must hold the same weights and queue: gather a fingerprint from each rank
+    prints = accelerator.gather(replica_fingerprint(accelerator.unwrap_model(model)).to(accelerator.device)[None])
+    in_sync = bool((prints == prints[:1]).all())
+    if accelerator.is_main_process:
+        (run_dir / "replicas.json").write_text(json.dumps({"in_sync": in_sync, "fingerprints": prints.tolist()}))
+    if not in_sync:
+        logger.error(f"replicas diverged: fingerprints {prints.tolist()}", main_process_only=True)
     accelerator.end_training()
     if stop_reason and stop_reason.startswith("non-finite"):
         logger.error(stop_reason, main_process_only=True)
+        return 1
+    if not in_sync:
         return 1
     if accelerator.is_main_process:
         print(f"\n{stop_reason or 'done'}: {state.step} steps, {state.epoch} epochs")

@@ -973,7 +973,12 @@ def generate_dataset(
         "suffix": suffix,
         "num_videos": len(videos),
         "splits": {s: sum(v.split == s for v in videos) for s in ("train", "test")},
-        "bias_realised": {s: _realised_bias(videos, scenes, s) for s in ("train", "test")},
+        # null for an empty split (strict JSON has no NaN)
+        "bias_realised": {
+            s: None if math.isnan(b) else b
+            for s in ("train", "test")
+            for b in [_realised_bias(videos, scenes, s)]
+        },
         "files": {
             "videos": "videos/<class_name>/<video_id><suffix>",
             "class_index": "classInd.txt (1-based labels)",
@@ -983,7 +988,7 @@ def generate_dataset(
         },
         "videos": [dataclasses.asdict(v) for v in videos],
     }
-    text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=True) + "\n"
+    text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=False) + "\n"
     (out_dir / "meta.json").write_text(text)
     return DatasetInfo(
         out_dir=out_dir,
@@ -1174,7 +1179,7 @@ def format_report(report: dict) -> str:
             f"{name:<24}{c['train']:>6}{c['test']:>6}   {c['own_train']:>10}/{c['train']:<4}"
             f"{c['own_test']:>4}/{c['test']}"
         )
-    br = meta["bias_realised"]
+    br = {k: float("nan") if v is None else v for k, v in meta["bias_realised"].items()}
     lines += [
         "",
         "videos per scene: " + ", ".join(f"{s}: {n}" for s, n in report["scenes"].items()),

@@ -71,7 +71,7 @@ def load_split(data: DataConfig, *, split: str, is_main: bool, wait, progress: b
         out = ensure_synthetic(data, is_main=is_main, wait=wait)
         root, fmt, ann = out / "videos", "ucf101", out
     else:
-        root, fmt, ann = Path(data.root), data.format, None
+        root, fmt, ann = Path(data.root), data.format, data.annotation_dir
     kwargs = dict(
         format=fmt, split=split, split_id=data.split_id, annotation_dir=ann,
         cache_dir=data.cache_dir and Path(data.cache_dir) / "index",

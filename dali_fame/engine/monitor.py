@@ -79,3 +79,33 @@ def clip_mask_grid(
         m = mask.float()[..., None].expand(*mask.shape, 3)
         middle = torch.cat([m] * frames, dim=1)
     return torch.cat([top, middle.to(top.device), bottom], dim=0).permute(2, 0, 1).cpu()
+
+
+def replica_fingerprint(model: torch.nn.Module) -> torch.Tensor:
+    """float64 (2,): a position-weighted sum of all parameters and of all buffers.
+
+    Gathered across processes at the end of a run, equal rows show that every DDP replica holds
+    the same weights and the same MoCo queue (a cheap check that gradients, the momentum update
+    and the queue's gather all stayed in sync).
+    """
+    def total(tensors) -> torch.Tensor:
+        acc = torch.zeros((), dtype=torch.float64)
+        for i, t in enumerate(tensors):
+            flat = t.detach().double().flatten().cpu()
+            acc += (flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64)).sum() * (i + 1)
+        return acc
+
+    return torch.stack([total(model.parameters()), total(model.buffers())])
+
+
+class MetricsLog:
+    """Appends one JSON line per logged step to ``metrics.jsonl`` (easy to plot or compare)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def append(self, step: int, metrics: dict) -> None:
+        import json
+
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"step": step, **metrics}) + "\n")

@@ -18,7 +18,7 @@ import torch
 
 from dali_fame.fame import ops as _ops
 from dali_fame.fame.dispatch import resolve_ops
-from dali_fame.fame.reference import check_clips
+from dali_fame.fame.reference import byte_mask, check_clips, select_bytes
 from dali_fame.fame.variants import VARIANTS, gauss_score, grid_score
 
 __all__ = [
@@ -175,8 +175,15 @@ def _select(
     clips: torch.Tensor, mask: torch.Tensor, background: torch.Tensor, perm: torch.Tensor
 ) -> torch.Tensor:
     """out[b] = clips[b] where mask[b] else background[perm[b]]; any dtype, torch only."""
-    keep = mask.bool()[:, None, :, :, None]
     out = torch.empty_like(clips)
+    t = clips.shape[1]
+    if clips.dtype == torch.uint8:
+        keep_bytes = byte_mask(mask)
+        for b, src in enumerate(perm.tolist()):
+            select_bytes(clips[b].view(t, -1), background[src].view(t, -1), keep_bytes[b],
+                         out=out[b].view(t, -1))
+        return out
+    keep = mask.bool()[:, None, :, :, None]
     for b, src in enumerate(perm.tolist()):
         torch.where(keep[b], clips[b], background[src], out=out[b])
     return out

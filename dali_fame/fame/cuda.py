@@ -96,9 +96,13 @@ def _kernels_dir_candidates() -> list[Path]:
     candidates += [
         here.parents[2] / "kernels",  # source checkout / editable install: <repo>/kernels
         here.parent / "kernels",  # shipped as package data: dali_fame/fame/kernels
-        Path(sysconfig.get_path("data")) / "share" / "dali_fame" / "kernels",  # data-files
+        # wheel data-files (share/dali_fame/kernels) of this interpreter's prefix
+        Path(sysconfig.get_path("data")) / "share" / "dali_fame" / "kernels",
         Path(sys.prefix) / "share" / "dali_fame" / "kernels",
     ]
+    # ... or of the prefix the package was installed into: <prefix>/lib/pythonX.Y/site-packages
+    if len(here.parents) > 5 and here.parents[2].name.endswith("-packages"):
+        candidates.append(here.parents[5] / "share" / "dali_fame" / "kernels")
     return candidates
 
 
@@ -211,6 +215,10 @@ def _check_placement(**tensors: torch.Tensor) -> torch.device:
             raise ValueError(
                 f"dali_fame.fame.cuda: {name} must be contiguous (call .contiguous() first)"
             )
+    return _check_one_cuda_device(**tensors)
+
+
+def _check_one_cuda_device(**tensors: torch.Tensor) -> torch.device:
     device = None
     for name, t in tensors.items():
         if t.device.type != "cuda":

@@ -100,19 +100,37 @@ def _reference_views(record: VideoRecord, *, index: int, epoch: int, seed: int) 
     return np.stack(clips)
 
 
-@pytest.mark.parametrize("codec", ["h264", "vp9", "mjpeg"])
-def test_decoder_matches_sequential_pyav(tmp_path, codec):
-    path = _write(tmp_path / f"a{video_io.CODEC_SUFFIX[codec]}", 2, 40, codec)
-    decoder = FrameDecoder()
+def _write_short_gop(path: Path, num_frames: int, encoder: str, gop: int) -> Path:
+    """A file with a keyframe every `gop` frames (B-frames for h264), so that seeking matters."""
+    frames = _frames(4, num_frames)
+    options = {"g": str(gop)}
+    if encoder == "libx264":
+        options["bf"] = "2"
+    pix_fmt = "yuvj444p" if encoder == "mjpeg" else "yuv420p"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(encoder, rate=25, options=options)
+        stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
+        for rgb in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("encoder,suffix", [("libx264", ".mp4"), ("libvpx-vp9", ".webm"),
+                                            ("mjpeg", ".avi")])
+def test_decoder_matches_sequential_pyav(tmp_path, encoder, suffix):
+    path = _write_short_gop(tmp_path / f"a{suffix}", 90, encoder, gop=6)
     rng = np.random.default_rng(0)
-    cases = [[39, 0, 39, 5, 5], [30, 31, 32], [0]] + [
-        rng.integers(0, 40, size=int(rng.integers(1, 33))) for _ in range(8)
+    cases = [[89, 0, 89, 5, 5], [30, 31, 32], [0], [3, 50, 51, 88], [60, 10]] + [
+        rng.integers(0, 90, size=int(rng.integers(1, 33))) for _ in range(6)
     ]
-    for indices in cases:
-        np.testing.assert_array_equal(decoder.decode(str(path), indices),
-                                      video_io.read_frames(path, indices))
-    with pytest.raises(video_io.VideoDecodeError, match="frame 40"):
-        decoder.decode(str(path), [3, 40])
+    for seek_gap in (16, 0):  # 0 seeks before every new frame that has a keyframe ahead of it
+        decoder = FrameDecoder(seek_gap=seek_gap)
+        for indices in cases:
+            np.testing.assert_array_equal(decoder.decode(str(path), indices),
+                                          video_io.read_frames(path, indices))
+    with pytest.raises(video_io.VideoDecodeError, match="frame 90"):
+        decoder.decode(str(path), [3, 90])
 
 
 def test_decoder_variable_frame_rate_counts_frames_like_read_frames(tmp_path):

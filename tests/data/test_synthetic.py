@@ -269,7 +269,8 @@ def test_same_seed_gives_byte_identical_ground_truth_for_any_worker_count(tmp_pa
         ({"codec": "h265"}, "codec 'h265'"),
         ({"num_frames": 1}, "num_frames"),
         ({"size": 63}, "even"),
-        ({"size": (64, 66), "codec": "vp9", "num_frames": 2}, None),  # valid: control case
+        # valid: the control case (also: no test split at all)
+        ({"size": (64, 66), "codec": "vp9", "num_frames": 2, "test_fraction": 0.0}, None),
         ({"size": (65, 64), "codec": "vp9"}, "even"),
         ({"size": 8}, "size"),
         ({"num_classes": 0}, "num_classes"),
@@ -289,7 +290,9 @@ def test_bad_options_fail_before_any_file_is_written(tmp_path, kwargs, message):
     opts = dict(TINY, num_classes=1, num_frames=3, size=32) | kwargs
     if message is None:
         synthetic.generate_dataset(out, **opts)
-        assert (out / "meta.json").is_file()
+        meta = json.loads((out / "meta.json").read_text())  # strict JSON: null, not NaN
+        assert meta["splits"] == {"train": 2, "test": 0} and meta["bias_realised"]["test"] is None
+        assert (out / "testlist01.txt").read_text() == ""
         return
     with pytest.raises(ValueError, match=message):
         synthetic.generate_dataset(out, **opts)

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from kernel_inputs import (
@@ -23,6 +24,9 @@ from kernel_inputs import (
 
 from dali_fame.fame import cuda as fcuda
 from dali_fame.fame import reference as ref
+
+MEAN = torch.tensor(K400_MEAN, dtype=torch.float32)
+STD = torch.tensor(K400_STD, dtype=torch.float32)
 
 
 def test_import_touches_neither_cupy_nor_cuda():
@@ -137,10 +141,72 @@ def test_kernels_dir_missing_everywhere(tmp_path, monkeypatch):
         fcuda.kernels_dir()
 
 
+# ---- the launchers end to end on the host-emulated kernels ---------------------------------
+# Everything of a launcher but CuPy itself runs: checks, output allocation, path selection, grid,
+# the kernel's name and the order and types of its arguments (a wrong order would only show on a
+# GPU otherwise). The device check and the CuPy launch are replaced by the emulation.
+
+_EMU_ENTRY = {
+    "fame_motion_bins": ("motion_bins", "emu_motion_bins", 0),
+    "fame_motion_bins_vec4": ("motion_bins", "emu_motion_bins", 1),
+    "fame_merge": ("merge", "emu_merge", 0),
+    "fame_merge_vec16": ("merge", "emu_merge", 1),
+    "fame_merge_normalize": ("merge", "emu_merge_normalize", 0),
+    "fame_merge_normalize_vec16": ("merge", "emu_merge_normalize", 1),
+}
+
+
+@pytest.fixture
+def emu_launchers(emu, monkeypatch):
+    launched = []
+
+    def fake_launch(name, device, grid, args, nvtx_name):
+        assert nvtx_name.startswith("fame.")
+        # CuPy passes a Python int as 64 bits: every scalar must be typed
+        assert all(isinstance(a, torch.Tensor) or type(a) is np.int32 for a in args), args
+        values = [a.data_ptr() if isinstance(a, torch.Tensor) else int(a) for a in args]
+        launched.append(name)
+        if name == "fame_color_hist":
+            emu.libs["color_hist"].emu_color_hist(grid[0], grid[1], fcuda.BLOCK, *values)
+            return
+        lib, fn, vec = _EMU_ENTRY[name]
+        assert len(grid) == 1
+        getattr(emu.libs[lib], fn)(vec, grid[0], fcuda.BLOCK, *values)
+
+    monkeypatch.setattr(fcuda, "_launch", fake_launch)
+    monkeypatch.setattr(fcuda, "_check_one_cuda_device", lambda **t: torch.device("cpu"))
+    monkeypatch.setattr(fcuda, "_max_blocks", lambda index: 6)
+    return launched
+
+
+@pytest.mark.parametrize(
+    "size", [(3, 17, 7, 9), (1, 2, 113, 127), (3, 2, 8, 14)], ids=lambda s: "x".join(map(str, s))
+)
+def test_launchers_on_emulated_kernels_match_reference(emu_launchers, size):
+    b, t, h, w = size
+    clips = tricky_clips(b, t, h, w, seed=21)
+    motion, bins = fcuda.motion_and_bins_cuda(clips, legacy_hue=True)
+    ref_motion, ref_bins = ref.motion_and_bins_ref(clips, legacy_hue=True)
+    assert torch.equal(bins, ref_bins)
+    torch.testing.assert_close(motion, ref_motion)
+    inputs = seed_inputs(b, h, w, seed=22)
+    assert torch.equal(fcuda.color_histograms_cuda(*inputs), ref.color_histograms_ref(*inputs))
+    mask = structured_mask(b, h, w, seed=23)
+    perm = random_perm(b, seed=24)
+    assert torch.equal(fcuda.merge_cuda(clips, mask, perm), ref.merge_ref(clips, mask, perm))
+    out_n = fcuda.merge_normalize_cuda(clips, mask, perm, MEAN, STD)
+    assert torch.equal(out_n, ref.merge_normalize_ref(clips, mask, perm, MEAN, STD))
+    vec = (h * w) % 16 == 0
+    assert emu_launchers == [
+        "fame_motion_bins_vec4" if vec else "fame_motion_bins",
+        "fame_color_hist",
+        "fame_merge_vec16" if vec else "fame_merge",
+        "fame_merge_normalize_vec16" if vec else "fame_merge_normalize",
+    ]
+
+
 # ---- on the GPU ------------------------------------------------------------------------------
 
-MEAN = torch.tensor(K400_MEAN, dtype=torch.float32)
-STD = torch.tensor(K400_STD, dtype=torch.float32)
 GPU_SIZES = ODD_SIZES + VEC_SIZES
 
 
