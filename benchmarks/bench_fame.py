@@ -24,6 +24,7 @@ Perfetto; the NVTX ranges are named fame/<stage>).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import platform
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dali_fame.fame import fame_mask, fame_merge, fame_merge_normalize, random_permutation
+from dali_fame.fame import fame_mask, fame_merge, random_permutation
 from dali_fame.fame import ops as fame_ops
 from dali_fame.fame.api import KINETICS_MEAN, KINETICS_STD
 from dali_fame.fame.dispatch import resolve_ops
@@ -47,9 +48,22 @@ CPU_TARGET_MS = 50.0
 
 #: peak memory bandwidth in GB/s by device name, when the driver's clock / bus width are unknown
 PEAK_BANDWIDTH_GBS = {
-    "T4": 320, "V100": 900, "A100-SXM4-40GB": 1555, "A100-SXM4-80GB": 2039, "A100-PCIE-40GB": 1555,
-    "A100 80GB PCIe": 1935, "A10": 600, "A10G": 600, "L4": 300, "L40S": 864, "H100 PCIe": 2000,
-    "H100 80GB HBM3": 3350, "H100 SXM": 3350, "H200": 4800, "RTX 3090": 936, "RTX 4090": 1008,
+    "T4": 320,
+    "V100": 900,
+    "A100-SXM4-40GB": 1555,
+    "A100-SXM4-80GB": 2039,
+    "A100-PCIE-40GB": 1555,
+    "A100 80GB PCIe": 1935,
+    "A10": 600,
+    "A10G": 600,
+    "L4": 300,
+    "L40S": 864,
+    "H100 PCIe": 2000,
+    "H100 80GB HBM3": 3350,
+    "H100 SXM": 3350,
+    "H200": 4800,
+    "RTX 3090": 936,
+    "RTX 4090": 1008,
 }
 
 
@@ -62,7 +76,9 @@ def _load_paper_port():
     return module
 
 
-def make_clips(batch: int, frames: int, size: int, *, seed: int, noise: float = 3.0) -> torch.Tensor:
+def make_clips(
+    batch: int, frames: int, size: int, *, seed: int, noise: float = 3.0
+) -> torch.Tensor:
     """uint8 (B, T, S, S, 3): textured squares moving over textured backgrounds, plus Gaussian
     sensor noise (std ``noise`` levels), so the masks have no exact ties."""
     rng = np.random.default_rng(seed)
@@ -71,11 +87,22 @@ def make_clips(batch: int, frames: int, size: int, *, seed: int, noise: float = 
     yy, xx = np.mgrid[0:size, 0:size] / size
     for b in range(batch):
         f = rng.uniform(2, 6, size=4)
-        tex = 0.5 + 0.25 * np.sin(2 * np.pi * (f[0] * yy + f[1] * xx)) * np.cos(2 * np.pi * f[2] * yy)
+        tex = 0.5 + 0.25 * np.sin(2 * np.pi * (f[0] * yy + f[1] * xx)) * np.cos(
+            2 * np.pi * f[2] * yy
+        )
         bg = np.stack([0.2 + 0.2 * tex, 0.4 + 0.4 * tex, 0.5 + 0.4 * (1 - tex)], axis=-1) * 255
         sq = np.sin(np.linspace(0, f[3] * np.pi, side))
-        fg = np.stack([0.8 + 0.2 * np.outer(sq, sq), 0.2 + 0.2 * np.outer(sq, 1 - sq),
-                       0.1 + 0.1 * np.outer(1 - sq, sq)], axis=-1) * 255
+        fg = (
+            np.stack(
+                [
+                    0.8 + 0.2 * np.outer(sq, sq),
+                    0.2 + 0.2 * np.outer(sq, 1 - sq),
+                    0.1 + 0.1 * np.outer(1 - sq, sq),
+                ],
+                axis=-1,
+            )
+            * 255
+        )
         y0, x0 = rng.integers(0, size - side, size=2)
         vy, vx = rng.uniform(-1, 1, size=2) * (size - side) / (2 * frames)
         for t in range(frames):
@@ -103,13 +130,18 @@ def check_correctness(port, *, sizes: list[int], frames: int) -> dict:
         for legacy in (True, False):
             ours = fame_mask(clips, legacy_hue=legacy)
             theirs = port.fame_masks(video, legacy_hue=legacy).bool()
-            entry["legacy_hue" if legacy else "default_hue"] = (ours == theirs).float().mean().item()
+            entry["legacy_hue" if legacy else "default_hue"] = (
+                (ours == theirs).float().mean().item()
+            )
         perm = torch.tensor([1, 0, 3, 2])
         merged_port, port_mask = port.fame_step(video, perm)
         ours_merged = to_bcthw(fame_merge(clips, port_mask.bool(), perm))
         entry["merge_bit_exact"] = bool(torch.equal(ours_merged, merged_port))
         result[str(size)] = entry
-        if min(entry["legacy_hue"], entry["default_hue"]) < AGREEMENT_MIN or not entry["merge_bit_exact"]:
+        if (
+            min(entry["legacy_hue"], entry["default_hue"]) < AGREEMENT_MIN
+            or not entry["merge_bit_exact"]
+        ):
             raise RuntimeError(f"bench_fame: correctness check failed at size {size}: {entry}")
     return result
 
@@ -140,7 +172,9 @@ def _cuda_times(fn: Callable[[], object], *, repeats: int, warmup: int) -> list[
     return times
 
 
-def _stages(clips: torch.Tensor, perm: torch.Tensor, backend: str) -> list[tuple[str, Callable, int]]:
+def _stages(
+    clips: torch.Tensor, perm: torch.Tensor, backend: str
+) -> list[tuple[str, Callable, int]]:
     """(name, fn, minimum bytes moved) for each stage of one FAME step on ``clips``.
 
     The inputs of each stage are computed once beforehand, so a stage is timed alone. Byte counts
@@ -148,7 +182,7 @@ def _stages(clips: torch.Tensor, perm: torch.Tensor, backend: str) -> list[tuple
     its (B, H, W) maps.
     """
     impl = resolve_ops(backend, clips.device)
-    bsz, t, h, w, _ = clips.shape
+    bsz, _, h, w, _ = clips.shape
     clip_bytes = clips.numel()
     map_bytes = bsz * h * w * 4
     k_fg, k_bg = int(0.5 * h * w), int(0.1 * h * w)
@@ -167,29 +201,55 @@ def _stages(clips: torch.Tensor, perm: torch.Tensor, backend: str) -> list[tuple
         raise RuntimeError("bench_fame: the staged mask differs from fame_mask")
     return [
         ("motion_and_bins", lambda: impl.motion_and_bins(clips), clip_bytes + 2 * map_bytes),
-        ("seed blur + minmax", lambda: fame_ops.minmax(fame_ops.gaussian_blur(motion)),
-         2 * map_bytes),
-        ("seed thresholds", lambda: fame_ops.seed_thresholds(seed, k_fg=k_fg, k_bg=k_bg), map_bytes),
-        ("color_histograms", lambda: impl.color_histograms(bins, seed, thr_fg, thr_bg),
-         2 * map_bytes),
-        ("soft mask + blur + minmax",
-         lambda: fame_ops.minmax(fame_ops.gaussian_blur(fame_ops.soft_mask(
-             bins, *fame_ops.likelihoods(counts, k_fg=k_fg, k_bg=k_bg)))), 2 * map_bytes),
+        (
+            "seed blur + minmax",
+            lambda: fame_ops.minmax(fame_ops.gaussian_blur(motion)),
+            2 * map_bytes,
+        ),
+        (
+            "seed thresholds",
+            lambda: fame_ops.seed_thresholds(seed, k_fg=k_fg, k_bg=k_bg),
+            map_bytes,
+        ),
+        (
+            "color_histograms",
+            lambda: impl.color_histograms(bins, seed, thr_fg, thr_bg),
+            2 * map_bytes,
+        ),
+        (
+            "soft mask + blur + minmax",
+            lambda: fame_ops.minmax(
+                fame_ops.gaussian_blur(
+                    fame_ops.soft_mask(bins, *fame_ops.likelihoods(counts, k_fg=k_fg, k_bg=k_bg))
+                )
+            ),
+            2 * map_bytes,
+        ),
         ("select top-k", lambda: fame_ops.select_top(score, mask_k), map_bytes + map_bytes // 4),
         ("merge (uint8)", lambda: impl.merge(clips, mask, perm_d), 3 * clip_bytes),
-        ("merge + normalize (float32)", lambda: impl.merge_normalize(clips, mask, perm_d, mean, std),
-         2 * clip_bytes + 4 * clip_bytes),
+        (
+            "merge + normalize (float32)",
+            lambda: impl.merge_normalize(clips, mask, perm_d, mean, std),
+            2 * clip_bytes + 4 * clip_bytes,
+        ),
         ("mask (fame_mask)", lambda: fame_mask(clips, backend=backend), clip_bytes + 2 * map_bytes),
-        ("mask + merge (step)",
-         lambda: fame_merge(clips, fame_mask(clips, backend=backend), perm, backend=backend),
-         4 * clip_bytes + 2 * map_bytes),
+        (
+            "mask + merge (step)",
+            lambda: fame_merge(clips, fame_mask(clips, backend=backend), perm, backend=backend),
+            4 * clip_bytes + 2 * map_bytes,
+        ),
     ]
 
 
 def _row(name: str, times: list[float], batch: int, **extra) -> dict:
     med = statistics.median(times)
-    return {"name": name, "median_ms": med * 1e3, "min_ms": min(times) * 1e3,
-            "clips_per_s": batch / med, **extra}
+    return {
+        "name": name,
+        "median_ms": med * 1e3,
+        "min_ms": min(times) * 1e3,
+        "clips_per_s": batch / med,
+        **extra,
+    }
 
 
 def bench_cpu(port, args) -> list[dict]:
@@ -201,10 +261,11 @@ def bench_cpu(port, args) -> list[dict]:
         for name, fn, _ in _stages(clips, perm, "torch"):
             rows.append(_row(name, _cpu_times(fn, **kw), args.batch, size=size, impl="reference"))
         if not args.skip_paper:
-            video = to_bcthw(clips)
-            times = _cpu_times(lambda: port.fame_step(video, perm), repeats=max(3, args.repeats // 2),
-                               warmup=1)
-            rows.append(_row("mask + merge (step)", times, args.batch, size=size, impl="paper port"))
+            step = functools.partial(port.fame_step, to_bcthw(clips), perm)
+            times = _cpu_times(step, repeats=max(3, args.repeats // 2), warmup=1)
+            rows.append(
+                _row("mask + merge (step)", times, args.batch, size=size, impl="paper port")
+            )
     return rows
 
 
@@ -217,7 +278,7 @@ def peak_bandwidth_gbs(device: int) -> tuple[float | None, str]:
         clock_khz, bus_bits = props["memoryClockRate"], props["memoryBusWidth"]
         if clock_khz and bus_bits:
             return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9, "driver (cupy)"
-    except Exception:
+    except (ImportError, RuntimeError, KeyError):  # no CuPy, or a driver without these fields
         pass
     props = torch.cuda.get_device_properties(device)
     clock_khz = getattr(props, "memory_clock_rate", 0)
@@ -233,8 +294,11 @@ def peak_bandwidth_gbs(device: int) -> tuple[float | None, str]:
 def bench_gpu(args) -> tuple[list[dict], dict]:
     device = torch.device("cuda", torch.cuda.current_device())
     peak, source = peak_bandwidth_gbs(device.index)
-    info = {"name": torch.cuda.get_device_name(device), "peak_bandwidth_gbs": peak,
-            "peak_source": source}
+    info = {
+        "name": torch.cuda.get_device_name(device),
+        "peak_bandwidth_gbs": peak,
+        "peak_source": source,
+    }
     backends = ["torch"]
     try:
         if resolve_ops("cuda", device).name == "cuda":
@@ -250,9 +314,18 @@ def bench_gpu(args) -> tuple[list[dict], dict]:
                 times = _cuda_times(fn, repeats=max(args.repeats, 20), warmup=max(args.warmup, 3))
                 med = statistics.median(times)
                 gbs = nbytes / med / 1e9
-                rows.append(_row(name, times, args.batch, size=size, impl=backend,
-                                 bytes=nbytes, gb_per_s=gbs,
-                                 roofline=(gbs / peak) if peak else None))
+                rows.append(
+                    _row(
+                        name,
+                        times,
+                        args.batch,
+                        size=size,
+                        impl=backend,
+                        bytes=nbytes,
+                        gb_per_s=gbs,
+                        roofline=(gbs / peak) if peak else None,
+                    )
+                )
     return rows, info
 
 
@@ -262,7 +335,7 @@ def write_profile(out: Path, clips: torch.Tensor, perm: torch.Tensor, backend: s
     activities = [ProfilerActivity.CPU]
     if clips.is_cuda:
         activities.append(ProfilerActivity.CUDA)
-    step = lambda: fame_merge(clips, fame_mask(clips, backend=backend), perm, backend=backend)  # noqa: E731
+    step = lambda: fame_merge(clips, fame_mask(clips, backend=backend), perm, backend=backend)
     step()
     with profile(activities=activities, record_shapes=True) as prof:
         for _ in range(3):
@@ -279,38 +352,62 @@ def to_markdown(result: dict) -> str:
     lines = [
         "# FAME benchmark",
         "",
-        f"B = {result['batch']} clips of {result['frames']} frames; torch {env['torch']}, "
-        f"{env['cpu_threads']} CPU threads ({env['machine']}); command: `{result['command']}`",
+        (
+            f"B = {result['batch']} clips of {result['frames']} frames; torch {env['torch']}, "
+            f"{env['cpu_threads']} CPU threads ({env['machine']}); command: `{result['command']}`"
+        ),
         "",
         "## Correctness (before timing)",
         "",
-        "| size | mask agreement, legacy_hue vs paper port | default hue vs corrected port | merge bit-exact |",
+        "| size | mask agreement: legacy_hue vs paper port | default hue vs corrected port "
+        "| merge bit-exact |",
         "|---|---|---|---|",
     ]
     for size, entry in result["correctness"].items():
-        lines.append(f"| {size} | {100 * entry['legacy_hue']:.3f}% | {100 * entry['default_hue']:.3f}% "
-                     f"| {entry['merge_bit_exact']} |")
-    lines += ["", "## CPU", "", "| size | implementation | stage | median ms | min ms | clips/s |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {size} | {100 * entry['legacy_hue']:.3f}% | {100 * entry['default_hue']:.3f}% "
+            f"| {entry['merge_bit_exact']} |"
+        )
+    lines += [
+        "",
+        "## CPU",
+        "",
+        "| size | implementation | stage | median ms | min ms | clips/s |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["cpu"]:
-        lines.append(f"| {r['size']} | {r['impl']} | {r['name']} | {r['median_ms']:.2f} | "
-                     f"{r['min_ms']:.2f} | {r['clips_per_s']:.1f} |")
+        lines.append(
+            f"| {r['size']} | {r['impl']} | {r['name']} | {r['median_ms']:.2f} | "
+            f"{r['min_ms']:.2f} | {r['clips_per_s']:.1f} |"
+        )
     for size, s in result.get("cpu_summary", {}).items():
         speed = f"{s['speedup']:.1f}x faster than the paper port" if s.get("speedup") else ""
         lines.append("")
-        lines.append(f"- {size}: mask + merge {s['step_ms']:.1f} ms median "
-                     f"(target < {CPU_TARGET_MS:.0f} ms at 224: "
-                     f"{'met' if s['step_ms'] < CPU_TARGET_MS else 'not met'}); {speed}")
+        lines.append(
+            f"- {size}: mask + merge {s['step_ms']:.1f} ms median "
+            f"(target < {CPU_TARGET_MS:.0f} ms at 224: "
+            f"{'met' if s['step_ms'] < CPU_TARGET_MS else 'not met'}); {speed}"
+        )
     if result.get("gpu"):
         g = result["gpu_info"]
-        peak = f"{g['peak_bandwidth_gbs']:.0f} GB/s ({g['peak_source']})" if g["peak_bandwidth_gbs"] else "unknown"
-        lines += ["", f"## GPU: {g['name']}, peak bandwidth {peak}", "",
-                  "| size | backend | stage | median ms | clips/s | GB/s | roofline |",
-                  "|---|---|---|---|---|---|---|"]
+        peak = (
+            f"{g['peak_bandwidth_gbs']:.0f} GB/s ({g['peak_source']})"
+            if g["peak_bandwidth_gbs"]
+            else "unknown"
+        )
+        lines += [
+            "",
+            f"## GPU: {g['name']}, peak bandwidth {peak}",
+            "",
+            "| size | backend | stage | median ms | clips/s | GB/s | roofline |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in result["gpu"]:
             roof = f"{100 * r['roofline']:.0f}%" if r.get("roofline") is not None else "-"
-            lines.append(f"| {r['size']} | {r['impl']} | {r['name']} | {r['median_ms']:.3f} | "
-                         f"{r['clips_per_s']:.0f} | {r['gb_per_s']:.0f} | {roof} |")
+            lines.append(
+                f"| {r['size']} | {r['impl']} | {r['name']} | {r['median_ms']:.3f} | "
+                f"{r['clips_per_s']:.0f} | {r['gb_per_s']:.0f} | {roof} |"
+            )
     elif "gpu_skipped" in result:
         lines += ["", f"GPU: skipped ({result['gpu_skipped']})."]
     return "\n".join(lines) + "\n"
@@ -344,9 +441,12 @@ def run(args: argparse.Namespace | list[str] | None = None) -> int:
         "frames": args.frames,
         "sizes": args.sizes,
         "command": "python benchmarks/bench_fame.py " + " ".join(sys.argv[1:]),
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "machine": platform.processor() or platform.machine(),
-                        "cpu_threads": torch.get_num_threads()},
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.processor() or platform.machine(),
+            "cpu_threads": torch.get_num_threads(),
+        },
     }
     result["correctness"] = check_correctness(port, sizes=args.sizes, frames=args.frames)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -355,11 +455,19 @@ def run(args: argparse.Namespace | list[str] | None = None) -> int:
         result["cpu"] = rows
         summary = {}
         for size in args.sizes:
-            ours = next(r for r in rows if r["size"] == size and r["impl"] == "reference"
-                        and r["name"] == "mask + merge (step)")
+            ours = next(
+                r
+                for r in rows
+                if r["size"] == size
+                and r["impl"] == "reference"
+                and r["name"] == "mask + merge (step)"
+            )
             paper = next((r for r in rows if r["size"] == size and r["impl"] == "paper port"), None)
-            summary[str(size)] = {"step_ms": ours["median_ms"], "paper_ms": paper and paper["median_ms"],
-                                  "speedup": paper and paper["median_ms"] / ours["median_ms"]}
+            summary[str(size)] = {
+                "step_ms": ours["median_ms"],
+                "paper_ms": paper and paper["median_ms"],
+                "speedup": paper and paper["median_ms"] / ours["median_ms"],
+            }
         result["cpu_summary"] = summary
     else:
         result["cpu"] = []

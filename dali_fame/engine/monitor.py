@@ -82,11 +82,12 @@ def clip_mask_grid(
 
 
 def replica_fingerprint(model: torch.nn.Module) -> torch.Tensor:
-    """float64 (2,): a position-weighted sum of all parameters and of all buffers.
+    """float64 (2,): position-weighted sums of all parameters and of the MoCo queue buffers.
 
     Gathered across processes at the end of a run, equal rows show that every DDP replica holds
     the same weights and the same MoCo queue (a cheap check that gradients, the momentum update
-    and the queue's gather all stayed in sync).
+    and the queue's gather all stayed in sync). BatchNorm running statistics are left out: each
+    rank updates them from its own batch, so they legitimately differ between replicas.
     """
     def total(tensors) -> torch.Tensor:
         acc = torch.zeros((), dtype=torch.float64)
@@ -95,7 +96,8 @@ def replica_fingerprint(model: torch.nn.Module) -> torch.Tensor:
             acc += (flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64)).sum() * (i + 1)
         return acc
 
-    return torch.stack([total(model.parameters()), total(model.buffers())])
+    queues = [b for name, b in model.named_buffers() if "queue" in name]
+    return torch.stack([total(model.parameters()), total(queues)])
 
 
 class MetricsLog:

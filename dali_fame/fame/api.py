@@ -24,12 +24,12 @@ from dali_fame.fame.variants import VARIANTS, gauss_score, grid_score
 __all__ = [
     "KINETICS_MEAN",
     "KINETICS_STD",
+    "as_uint8",
     "fame_mask",
     "fame_merge",
     "fame_merge_normalize",
-    "random_permutation",
-    "as_uint8",
     "nvtx_range",
+    "random_permutation",
 ]
 
 #: Kinetics-400 normalisation statistics on the [0, 1] scale (spec section 5)
@@ -65,7 +65,8 @@ def as_uint8(clips: torch.Tensor) -> torch.Tensor:
     lo, hi = torch.aminmax(clips)
     if not (float(lo) >= 0.0 and float(hi) <= 1.0):  # also false for NaN
         raise ValueError(
-            f"dali_fame.fame: float clips must lie in [0, 1], got values in [{float(lo)}, {float(hi)}]"
+            "dali_fame.fame: float clips must lie in [0, 1], got values in "
+            f"[{float(lo)}, {float(hi)}]"
         )
     return (clips.float() * 255.0).round_().to(torch.uint8).contiguous()
 
@@ -132,7 +133,11 @@ def fame_mask(
 
 
 def _check_perm(perm: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    if not isinstance(perm, torch.Tensor) or perm.dtype != torch.int64 or perm.shape != (batch_size,):
+    if (
+        not isinstance(perm, torch.Tensor)
+        or perm.dtype != torch.int64
+        or perm.shape != (batch_size,)
+    ):
         got = f"{perm.dtype} {tuple(perm.shape)}" if isinstance(perm, torch.Tensor) else type(perm)
         raise ValueError(f"dali_fame.fame: perm must be an int64 tensor ({batch_size},), got {got}")
     # A kernel would read out of bounds with a bad index: worth one tiny host sync.
@@ -180,8 +185,12 @@ def _select(
     if clips.dtype == torch.uint8:
         keep_bytes = byte_mask(mask)
         for b, src in enumerate(perm.tolist()):
-            select_bytes(clips[b].view(t, -1), background[src].view(t, -1), keep_bytes[b],
-                         out=out[b].view(t, -1))
+            select_bytes(
+                clips[b].view(t, -1),
+                background[src].view(t, -1),
+                keep_bytes[b],
+                out=out[b].view(t, -1),
+            )
         return out
     keep = mask.bool()[:, None, :, :, None]
     for b, src in enumerate(perm.tolist()):

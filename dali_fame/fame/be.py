@@ -14,7 +14,7 @@ import torch
 
 from dali_fame.fame.api import nvtx_range
 
-__all__ = ["be_params", "background_erasing_apply", "background_erasing"]
+__all__ = ["background_erasing", "background_erasing_apply", "be_params"]
 
 
 def be_params(

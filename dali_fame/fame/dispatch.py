@@ -44,7 +44,7 @@ TORCH_OPS = Ops(
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_cuda_ops() -> Ops | Exception:
     """Import the CuPy backend once per process; returns the exception when it cannot load."""
     try:
@@ -57,11 +57,11 @@ def _load_cuda_ops() -> Ops | Exception:
             merge=_cuda.merge_cuda,
             merge_normalize=_cuda.merge_normalize_cuda,
         )
-    except Exception as exc:  # ImportError from cupy, a missing module, a broken install
+    except Exception as exc:  # noqa: BLE001 - no cupy, no module, a broken install
         return exc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_fallback(reason: str) -> None:
     # lru_cache makes the warning one-time per reason without a module-level flag.
     warnings.warn(

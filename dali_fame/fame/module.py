@@ -17,7 +17,7 @@ from dali_fame.fame.be import background_erasing_apply, be_params
 from dali_fame.fame.dispatch import BACKENDS
 from dali_fame.fame.variants import VARIANTS
 
-__all__ = ["FAME", "FAMEOutput", "BackgroundErasing", "BEOutput"]
+__all__ = ["FAME", "BEOutput", "BackgroundErasing", "FAMEOutput"]
 
 BACKGROUNDS = ("inter", "intra")
 
@@ -66,13 +66,17 @@ class FAME(nn.Module):
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"dali_fame.fame.FAME: beta must be in [0, 1], got {beta}")
         if variant not in VARIANTS:
-            raise ValueError(f"dali_fame.fame.FAME: variant must be one of {VARIANTS}, got {variant!r}")
+            raise ValueError(
+                f"dali_fame.fame.FAME: variant must be one of {VARIANTS}, got {variant!r}"
+            )
         if background not in BACKGROUNDS:
             raise ValueError(
                 f"dali_fame.fame.FAME: background must be one of {BACKGROUNDS}, got {background!r}"
             )
         if backend not in BACKENDS:
-            raise ValueError(f"dali_fame.fame.FAME: backend must be one of {BACKENDS}, got {backend!r}")
+            raise ValueError(
+                f"dali_fame.fame.FAME: backend must be one of {BACKENDS}, got {backend!r}"
+            )
         self.beta = beta
         self.variant = variant
         self.both = both
@@ -168,7 +172,9 @@ class BackgroundErasing(nn.Module):
     def __init__(self, gamma: float = 0.3, per_clip: bool = True, both: bool = False) -> None:
         super().__init__()
         if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"dali_fame.fame.BackgroundErasing: gamma must be in [0, 1], got {gamma}")
+            raise ValueError(
+                f"dali_fame.fame.BackgroundErasing: gamma must be in [0, 1], got {gamma}"
+            )
         self.gamma = gamma
         self.per_clip = per_clip
         self.both = both
@@ -180,7 +186,10 @@ class BackgroundErasing(nn.Module):
         self, view: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lam, frame = be_params(
-            view.shape[0], view.shape[1], gamma=self.gamma, generator=generator,
+            view.shape[0],
+            view.shape[1],
+            gamma=self.gamma,
+            generator=generator,
             per_clip=self.per_clip,
         )
         return background_erasing_apply(view, lam, frame), lam, frame

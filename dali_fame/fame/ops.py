@@ -17,14 +17,14 @@ from dali_fame.fame.reference import NUM_BINS, true_div
 
 __all__ = [
     "blur_kernel_size",
-    "gaussian_kernel1d",
     "gaussian_blur",
-    "minmax",
+    "gaussian_kernel1d",
     "kth_largest",
-    "seed_thresholds",
     "likelihoods",
-    "soft_mask",
+    "minmax",
+    "seed_thresholds",
     "select_top",
+    "soft_mask",
 ]
 
 #: the minmax epsilon of spec step 2 (and the likelihood epsilon of step 6)
@@ -146,9 +146,7 @@ def _tie_weighted(strict: torch.Tensor, tied: torch.Tensor, k: int) -> torch.Ten
     """cF = strict + tied * (k - n_strict) / n_tied: weights summing to exactly k."""
     n_strict = strict.sum(dim=1, keepdim=True)
     n_tied = tied.sum(dim=1, keepdim=True)
-    weight = torch.where(
-        n_tied > 0, (k - n_strict).float() / n_tied.clamp(min=1).float(), torch.zeros(())
-    )
+    weight = torch.where(n_tied > 0, (k - n_strict).float() / n_tied.clamp(min=1).float(), 0.0)
     return strict.float() + tied.float() * weight
 
 
@@ -220,4 +218,3 @@ def select_top(score: torch.Tensor, k: int) -> torch.Tensor:
     slots = k - above.sum(dim=1, keepdim=True)
     take_tied = tied & (tied.cumsum(dim=1) <= slots)
     return (above | take_tied).view(score.shape)
-

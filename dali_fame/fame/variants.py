@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["VARIANTS", "GRID_CELLS", "gauss_score", "grid_score"]
+__all__ = ["GRID_CELLS", "VARIANTS", "gauss_score", "grid_score"]
 
 VARIANTS = ("fame", "seed", "gauss", "grid")
 #: the grid variant splits each frame into GRID_CELLS x GRID_CELLS cells
@@ -57,8 +57,20 @@ def grid_score(seed: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(h, device=seed.device) * GRID_CELLS // h
     cols = torch.arange(w, device=seed.device) * GRID_CELLS // w
     cell = (rows[:, None] * GRID_CELLS + cols[None, :]).reshape(-1)  # (H*W,)
-    sums = torch.zeros(bsz, n_cells, dtype=torch.float64, device=seed.device)
-    sums.index_add_(1, cell, seed.reshape(bsz, -1).double())
+    # Cell sums as plain reductions over slices (deterministic, unlike an atomic index_add_ on
+    # CUDA); cell row r spans rows ceil(r H / 4) .. ceil((r + 1) H / 4) - 1.
+    y_edges = [-(-r * h // GRID_CELLS) for r in range(GRID_CELLS + 1)]
+    x_edges = [-(-c * w // GRID_CELLS) for c in range(GRID_CELLS + 1)]
+    sums = torch.stack(
+        [
+            seed[:, y_edges[r] : y_edges[r + 1], x_edges[c] : x_edges[c + 1]].sum(
+                dim=(1, 2), dtype=torch.float64
+            )
+            for r in range(GRID_CELLS)
+            for c in range(GRID_CELLS)
+        ],
+        dim=1,
+    )  # (B, 16), row-major cell order
     order = torch.sort(sums, dim=1, descending=True, stable=True).indices  # best cell first
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(n_cells, device=seed.device).expand(bsz, n_cells))

@@ -49,7 +49,7 @@ def moving_square_clips(
         vy, vx = rng.uniform(-1, 1, size=2) * size / (2.0 * frames) + 0.5
         for t in range(frames):
             frame = bg.copy()
-            yi, xi = int(round(y)), int(round(x))
+            yi, xi = round(y), round(x)
             frame[yi : yi + side, xi : xi + side] = fg
             swept[b, yi : yi + side, xi : xi + side] = True
             frame = frame * 255 + rng.normal(0, noise, size=frame.shape)

@@ -88,7 +88,7 @@ def legacy_mask(
     Returns:
         float32 (B, H, W) of 0 / 1.
     """
-    b, c, t, h, w = video.shape
+    b, c, _, h, w = video.shape
     crop = h if crop_size is None else crop_size
     size = int(0.1 * crop) // 2 * 2 + 1
     im_diff = (video[:, :, 0:-1] - video[:, :, 1:]).abs().sum(dim=1).mean(dim=1)
@@ -128,6 +128,6 @@ def legacy_mask(
 
 def legacy_merge(video: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """The released blend: video[perm] * (1 - mask) + video * mask on (B, C, T, H, W)."""
-    b, c, t, h, w = video.shape
+    h, w = video.shape[-2:]
     m = mask.reshape(-1, 1, 1, h, w)
     return video[perm] * (1 - m) + video * m

@@ -71,9 +71,7 @@ def test_moving_object_mask_beats_random_masks(scene):
         return inter / union
 
     g = torch.Generator().manual_seed(0)
-    random_ious = torch.stack(
-        [iou(torch.rand(swept.shape, generator=g) < beta) for _ in range(20)]
-    )
+    random_ious = torch.stack([iou(torch.rand(swept.shape, generator=g) < beta) for _ in range(20)])
     ours = iou(mask)
     best = swept.sum(dim=(1, 2)).float() / int(beta * 48 * 48)  # the mask is larger than swept
     # FAME reaches most of the attainable IoU; random masks stay near |swept| / |union|.
@@ -91,8 +89,12 @@ def test_synthetic_videos_mask_overlap():
         if motion == "still":  # nothing moves: no motion cue to find
             continue
         video = synthetic.render_video(
-            class_index=class_index, scene=class_index % 3, video_index=1, num_frames=16,
-            size=64, seed=0,
+            class_index=class_index,
+            scene=class_index % 3,
+            video_index=1,
+            num_frames=16,
+            size=64,
+            seed=0,
         )
         clip = torch.from_numpy(video.frames)[None]
         swept = torch.from_numpy(video.masks.any(axis=0))[None]
@@ -174,8 +176,9 @@ def test_merge_normalize_matches_merge_then_normalize(scene):
     std = torch.tensor([0.2, 0.3, 0.25]).view(3, 1, 1, 1)
     assert out.shape == (3, 3, 8, 48, 48) and out.dtype == torch.float32
     torch.testing.assert_close(out, (merged - mean) / std)
-    out_f = fame_merge_normalize(clips.float() / 255, mask, perm, mean=(0.5, 0.4, 0.3),
-                                 std=(0.2, 0.3, 0.25))
+    out_f = fame_merge_normalize(
+        clips.float() / 255, mask, perm, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25)
+    )
     torch.testing.assert_close(out_f, out)
 
 
@@ -195,8 +198,10 @@ def test_default_permutation_is_a_derangement(batch):
 
 def test_compat_permutation_allows_self_pairing_and_is_reproducible():
     g = torch.Generator().manual_seed(0)
-    fixed = sum(bool((random_permutation(2, generator=g, derangement=False) == torch.arange(2)).any())
-                for _ in range(200))
+    fixed = sum(
+        bool((random_permutation(2, generator=g, derangement=False) == torch.arange(2)).any())
+        for _ in range(200)
+    )
     assert 50 < fixed < 150  # identity with probability 1/2
     a = random_permutation(8, generator=torch.Generator().manual_seed(5))
     b = random_permutation(8, generator=torch.Generator().manual_seed(5))

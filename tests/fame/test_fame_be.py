@@ -40,7 +40,9 @@ def test_apply_matches_the_formula():
     out = background_erasing_apply(clips, lam, frame)
     x = clips.double()
     static = x[torch.arange(6), frame][:, None]  # (B, 1, H, W, 3)
-    expected = (1 - lam.double().view(6, 1, 1, 1, 1)) * x + lam.double().view(6, 1, 1, 1, 1) * static
+    expected = (1 - lam.double().view(6, 1, 1, 1, 1)) * x + lam.double().view(
+        6, 1, 1, 1, 1
+    ) * static
     assert out.dtype == torch.uint8
     assert (out.double() - expected).abs().max() <= 0.5 + 1e-3  # rounded to nearest
     assert torch.equal(out[0], clips[0])  # lam = 0: unchanged

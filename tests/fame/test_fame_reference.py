@@ -159,7 +159,7 @@ def test_merge_ref_is_a_per_pixel_select():
     std = torch.tensor([0.2, 0.25, 0.3])
     norm = merge_normalize_ref(clips, mask, perm, mean, std)
     assert norm.shape == (3, 3, 4, 5, 7) and norm.is_contiguous()
-    ref = (torch.from_numpy(expected).permute(0, 4, 1, 2, 3).float() / 255 - mean.view(3, 1, 1, 1))
+    ref = torch.from_numpy(expected).permute(0, 4, 1, 2, 3).float() / 255 - mean.view(3, 1, 1, 1)
     torch.testing.assert_close(norm, ref / std.view(3, 1, 1, 1))
 
 
