@@ -64,6 +64,19 @@ class DebiasConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Basic augmentations after FAME (spec section 5); probabilities 0 turn an op off."""
+
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    gray_p: float = 0.2
+    blur_p: float = 0.5
+
+
+@dataclass
 class OptimConfig:
     lr: float = 0.01
     momentum: float = 0.9
@@ -96,6 +109,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     moco: MocoConfig = field(default_factory=MocoConfig)
     debias: DebiasConfig = field(default_factory=DebiasConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -148,6 +162,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"debias.beta must be in [0, 1]; got {f.beta}")
     if not 0.0 <= f.be_gamma <= 1.0:
         raise ConfigError(f"debias.be_gamma must be in [0, 1]; got {f.be_gamma}")
+    a = cfg.augment
+    for name in ("jitter_p", "gray_p", "blur_p"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            raise ConfigError(f"augment.{name} must be a probability in [0, 1]; got {getattr(a, name)}")
+    for name in ("brightness", "contrast", "saturation"):
+        _positive(f"augment.{name}", getattr(a, name), allow_zero=True)
+    if not 0.0 <= a.hue <= 0.5:
+        raise ConfigError(f"augment.hue must be in [0, 0.5]; got {a.hue}")
     _positive("optim.lr", o.lr)
     _positive("optim.weight_decay", o.weight_decay, allow_zero=True)
     _choice("optim.schedule", o.schedule, ("multistep", "cosine"))

@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         debias = BackgroundErasing(gamma=cfg.debias.be_gamma, per_clip=cfg.debias.be_per_clip, both=both)
     else:
         debias = None
-    augment = ClipAugment(crop=cfg.data.crop)
+    augment = ClipAugment(crop=cfg.data.crop, **vars(cfg.augment))
     model = MoCo(build_backbone(cfg.model.backbone), dim=cfg.moco.dim, queue_size=cfg.moco.queue_size,
                  momentum=cfg.moco.momentum, temperature=cfg.moco.temperature,
                  global_batch_size=cfg.train.batch_size, shuffle_bn=cfg.moco.shuffle_bn,
