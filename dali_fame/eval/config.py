@@ -1,0 +1,189 @@
+"""Configuration of the downstream evaluations (finetune, linear probe, retrieval).
+
+Same mechanics as :mod:`dali_fame.config` (one YAML file gives defaults, ``--set key=value``
+overrides them, everything is validated at start-up naming the bad setting), and the same
+``data``, ``optim`` and ``train`` sections, so a pretraining config's data settings read the same
+here. The defaults of :func:`default_config` are the paper's protocols (fame-spec.md section 8):
+
+=============  =====  ======  ======  ==========  =====  =========================
+task           lr     wd      epochs  milestones  batch  other
+=============  =====  ======  ======  ==========  =====  =========================
+finetune       0.025  1e-4    150     60, 120     128    dropout before the FC
+linear_probe   5      0       100     60, 80      128    frozen backbone, L2 feats
+retrieval      -      -       -       -           -      no training
+=============  =====  ======  ======  ==========  =====  =========================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dali_fame.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    MocoConfig,
+    OptimConfig,
+    TrainConfig,
+    _choice,
+    _merge,
+    _positive,
+    parse_override,
+    validate,
+)
+
+TASKS = ("finetune", "linear_probe", "retrieval")
+
+#: recall cut-offs of the retrieval protocol (spec section 8)
+RECALL_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
+
+
+@dataclass
+class EvalModelConfig:
+    backbone: str | None = None  #: None: the pretraining checkpoint's backbone
+    #: backbone of a random-init run when model.backbone is unset and there is no checkpoint
+    fallback_backbone: str = "r2plus1d_18"
+    dropout: float = 0.0  #: before the last FC (finetune: 0.7 UCF101, 0.5 HMDB51)
+
+
+@dataclass
+class EvalSection:
+    """What to evaluate and how to test; the labels only name the run in results.md."""
+
+    #: checkpoint dir / run dir / state-dict file; "none" = random init. --pretrained sets it.
+    pretrained: str | None = None
+    method: str | None = None  #: results label; None: from the checkpoint (FAME / BE / MoCo)
+    pretrain_data: str | None = None  #: results label; None: the checkpoint's data.format
+    train_split: str = "train"  #: training set (retrieval: the gallery)
+    test_split: str = "test"  #: test set (retrieval: the queries)
+    num_clips: int = 10  #: uniformly spaced test clips per video, predictions averaged
+    batch_size: int = 8  #: videos per process in a test pass (x num_clips clips)
+    eval_every: int = 10  #: epochs between test passes during training (0: only at the end)
+    neighbors: int = 50  #: retrieval: neighbours saved per query in neighbors.json
+
+
+@dataclass
+class EvalConfig:
+    name: str = "eval"
+    task: str = "finetune"  #: finetune | linear_probe | retrieval (must match the script)
+    output_dir: str = "runs/eval"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: EvalModelConfig = field(default_factory=EvalModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+
+def default_config(task: str) -> EvalConfig:
+    """The paper's protocol for ``task`` (spec section 8) before any YAML or override."""
+    _choice("task", task, TASKS)
+    cfg = EvalConfig(name=task, task=task, output_dir=f"runs/{task}")
+    cfg.train.batch_size = 128
+    cfg.train.log_every = 10
+    cfg.train.image_every = 0
+    if task == "finetune":
+        cfg.optim = OptimConfig(lr=0.025, momentum=0.9, weight_decay=1e-4, milestones=[60, 120])
+        cfg.train.epochs = 150
+        cfg.model.dropout = 0.5
+    elif task == "linear_probe":
+        cfg.optim = OptimConfig(lr=5.0, momentum=0.9, weight_decay=0.0, milestones=[60, 80])
+        cfg.train.epochs = 100
+    else:
+        cfg.train.epochs = 1  # unused: retrieval does not train
+    return cfg
+
+
+def validate_eval(cfg: EvalConfig) -> EvalConfig:
+    """Check every setting; raise :class:`ConfigError` naming the first bad one."""
+    _choice("task", cfg.task, TASKS)
+    # The data / optim / train sections are the pretraining ones: run the same checks on them
+    # (a queue that fits the batch keeps the MoCo-only rule out of the way).
+    validate(Config(data=cfg.data, optim=cfg.optim, train=cfg.train,
+                    moco=MocoConfig(queue_size=max(cfg.train.batch_size, 1))))
+    m, e = cfg.model, cfg.eval
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1); got {m.dropout}")
+    for name in ("train_split", "test_split"):
+        _choice(f"eval.{name}", getattr(e, name), ("train", "val", "test"))
+    _positive("eval.num_clips", e.num_clips)
+    _positive("eval.batch_size", e.batch_size)
+    _positive("eval.eval_every", e.eval_every, allow_zero=True)
+    _positive("eval.neighbors", e.neighbors)
+    return cfg
+
+
+def load_eval_config(
+    path: str | Path | None, *, task: str, overrides: list[dict] | None = None
+) -> EvalConfig:
+    """:func:`default_config` (task) <- YAML file <- overrides, then :func:`validate_eval`.
+
+    A YAML file written for another task (its ``task:`` differs) is an error: a finetune
+    config given to the linear probe would silently train with the wrong protocol.
+    """
+    cfg = default_config(task)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        with open(path) as fh:
+            values = yaml.safe_load(fh) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+        if values.get("task", task) != task:
+            raise ConfigError(f"config file {str(path)!r} is for task {values['task']!r}, "
+                              f"not {task!r}: pick a configs/{task}_*.yaml file")
+        _merge(cfg, values, "")
+    for tree in overrides or []:
+        _merge(cfg, tree, "")
+    if cfg.task != task:
+        raise ConfigError(f"task={cfg.task!r} cannot be changed for this script ({task})")
+    return validate_eval(cfg)
+
+
+def cli_overrides(args: Any) -> list[dict]:
+    """The scripts' flags as override trees (flags the script lacks or left unset are skipped).
+
+    ``args`` is the scripts' ``argparse.Namespace``: output_dir, data_root, dataset_format,
+    max_steps, epochs, seed, loader, pretrained, then every ``--set`` in order.
+    """
+    flags = {
+        "output_dir": "output_dir", "data_root": "data.root", "dataset_format": "data.format",
+        "max_steps": "train.max_steps", "epochs": "train.epochs", "seed": "train.seed",
+        "loader": "data.loader",
+    }
+    trees = []
+    for attr, key in flags.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            trees.append(parse_override(f"{key}={value}"))
+    if getattr(args, "data_root", None) and not getattr(args, "dataset_format", None):
+        trees.append({"data": {"format": "folder"}})
+    if getattr(args, "pretrained", None) is not None:
+        # not through parse_override: a path must stay a string whatever YAML makes of it
+        trees.append({"eval": {"pretrained": str(args.pretrained)}})
+    return trees + [parse_override(s) for s in getattr(args, "set", None) or []]
+
+
+def to_dict(cfg: EvalConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_eval_config(cfg: EvalConfig, path: str | Path) -> None:
+    with open(path, "w") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Flatten a config dict for TensorBoard's hparams (lists and None become strings)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
