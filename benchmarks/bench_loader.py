@@ -2,10 +2,12 @@
 
 Generates (or reuses) a synthetic set per codec (``dali_fame.data.synthetic``), plans every
 video's clips with the shared sampler and crop draws (``plan_sample``: 2 views x 16 frames,
-stride 2, RandomResizedCrop + flip to ``--crop``), and times one or more epochs of:
+stride 2, RandomResizedCrop + flip to ``--crop``), and times, in interleaved rounds of one
+epoch each (best round reported, median in the note):
 
 * ``cpu_loader``: :func:`dali_fame.data.cpu_loader.build_cpu_loader`, PyAV in ``--workers``
-  DataLoader processes (default: every core);
+  DataLoader processes (default: every core), with ``rgb="exact"`` (the default: pixels
+  identical to ``video_io.read_frames`` and DALI) and ``rgb="fast"``;
 * ``dali``: :func:`dali_fame.data.dali_pipeline.build_dali_loader` on the CPU (VP9/MJPEG only)
   with ``--workers`` threads, and on the GPU (``mixed``) when CUDA is available;
 * ``pyav_loop``: what research code usually does, one process: decode the whole video with
@@ -180,47 +182,67 @@ def _compare(batch: dict, reference: dict) -> tuple[float, float]:
     return float(diff.float().mean()), float(diff.max())
 
 
-def _time_epochs(make_iter: Callable[[int], Iterator[dict]], epochs: int, sync: bool) -> tuple[float, int]:
+@dataclasses.dataclass
+class _Method:
+    name: str
+    processes: str
+    epoch: Callable[[int], Iterator[dict]]  # epoch number -> batches
+    note: str = ""
+    mean_abs_diff: float | None = None
+    max_abs_diff: float | None = None
+    rates: list[float] = dataclasses.field(default_factory=list)
+    seconds: list[float] = dataclasses.field(default_factory=list)
+    clips: int = 0
+
+
+def _loader_epochs(loader) -> Callable[[int], Iterator[dict]]:
+    def run(epoch: int) -> Iterator[dict]:
+        loader.set_epoch(epoch)
+        return iter(loader)
+
+    return run
+
+
+def _time_epoch(method: _Method, epoch: int) -> None:
     clips = 0
     start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        for batch in make_iter(epoch):
-            clips += batch["views"].shape[0] * batch["views"].shape[1]
-    if sync and torch.cuda.is_available():
+    for batch in method.epoch(epoch=epoch):
+        clips += batch["views"].shape[0] * batch["views"].shape[1]
+    if batch["views"].is_cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - start, clips
+    seconds = time.perf_counter() - start
+    method.rates.append(clips / seconds)
+    method.seconds.append(seconds)
+    method.clips = clips
 
 
 def bench_codec(records: list[VideoRecord], codec: str, args) -> list[Result]:
+    """Set every method up (warm-up epoch 0 + correctness check against the CPU loader), then
+    time ``args.rounds`` rounds of one epoch per method, interleaved so that a change in the
+    machine's load hits every method alike; report each method's best and median round."""
     common = {"batch_size": args.batch_size, "crop": args.crop, "seed": args.seed,
               "drop_last": False}
     workers = args.workers
-    results: list[Result] = []
+    skipped: list[Result] = []
+    methods: list[_Method] = []
 
     cpu = build_cpu_loader(records, workers=workers, **common)
     cpu.set_epoch(0)
     reference = next(iter(cpu))  # also starts the persistent workers (not timed)
-    for _ in cpu:  # finish the warm-up epoch
-        pass
 
-    def run_loader(name, loader, processes, note="", exact=False):
-        loader.set_epoch(0)
-        first = next(iter(loader))
-        mean, mx = _compare(first, reference)
-        if exact and mx != 0:
-            raise AssertionError(f"{name}: frames differ from the CPU loader's (max {mx})")
+    def add(method: _Method, exact: bool = False) -> None:
+        batches = list(method.epoch(epoch=0))  # warm-up: workers / pipelines started, files cached
+        method.mean_abs_diff, method.max_abs_diff = _compare(batches[0], reference)
+        if exact and method.max_abs_diff != 0:
+            raise AssertionError(f"{method.name}: frames differ from the CPU loader's")
+        methods.append(method)
 
-        def it(epoch):
-            loader.set_epoch(epoch)
-            return iter(loader)
+    add(_Method("cpu_loader (PyAV, rgb=exact)", f"{workers} workers", _loader_epochs(cpu)),
+        exact=True)
+    fast = build_cpu_loader(records, workers=workers, rgb="fast", **common)
+    add(_Method("cpu_loader (PyAV, rgb=fast)", f"{workers} workers", _loader_epochs(fast),
+                note="FFmpeg's default YUV->RGB (as torchcodec/decord)"))
 
-        seconds, clips = _time_epochs(it, args.epochs, sync=True)
-        results.append(Result(name, codec, processes, clips / seconds, seconds, clips,
-                              mean, mx, note))
-
-    run_loader("cpu_loader (PyAV)", cpu, f"{workers} workers", exact=True)
-
-    # DALI
     try:
         from dali_fame.data.dali_pipeline import build_dali_loader
         dali_missing = None
@@ -233,46 +255,47 @@ def bench_codec(records: list[VideoRecord], codec: str, args) -> list[Result]:
         if torch.cuda.is_available():
             devices.append("gpu")
     if dali_missing:
-        results.append(Result("dali", codec, "-", None, None, 0, note=dali_missing))
+        skipped.append(Result("dali", codec, "-", None, None, 0, note=dali_missing))
     elif not devices:
-        results.append(Result("dali (cpu)", codec, "-", None, None, 0,
+        skipped.append(Result("dali (cpu)", codec, "-", None, None, 0,
                               note="DALI's CPU decoder reads VP9/MJPEG only; no GPU here"))
     for device in devices:
         dali = build_dali_loader(records, device=device, num_threads=workers, **common)
-        dali.set_epoch(0)
-        for _ in dali:  # warm-up epoch
-            pass
-        run_loader(f"dali ({device})", dali, f"{workers} threads" + (" + GPU" if device == "gpu" else ""),
-                   note="mixed decoding (NVDEC)" if device == "gpu" else "")
+        add(_Method(f"dali ({device})",
+                    f"{workers} threads" + (" + GPU" if device == "gpu" else ""),
+                    _loader_epochs(dali),
+                    note="mixed decoding (NVDEC)" if device == "gpu" else ""))
 
-    # single-process loops and other decoders in the loader's workers
     for name in ("pyav", "torchcodec", "decord"):
         missing = reader_missing(name)
         if missing:
-            results.append(Result(f"{name}_loop", codec, "1 process", None, None, 0,
+            skipped.append(Result(f"{name}_loop", codec, "1 process", None, None, 0,
                                   note=missing + "; skipped"))
             continue
         reader = READERS[name][1]
-        first = next(loop_epoch(records, reader, epoch=0, **{k: common[k] for k in
-                                                              ("batch_size", "crop", "seed")}))
-        mean, mx = _compare(first, reference)
-        seconds, clips = _time_epochs(
-            lambda e, r=reader: loop_epoch(records, r, epoch=e, batch_size=args.batch_size,
-                                           crop=args.crop, seed=args.seed),
-            args.epochs, sync=False,
-        )
-        note = "decodes every frame, to_ndarray per frame" if name == "pyav" else ""
-        results.append(Result(f"{name}_loop", codec, "1 process", clips / seconds, seconds,
-                              clips, mean, mx, note))
+        add(_Method(
+            f"{name}_loop", "1 process",
+            functools.partial(loop_epoch, records, reader, batch_size=args.batch_size,
+                              crop=args.crop, seed=args.seed),
+            note="decodes every frame, to_ndarray per frame" if name == "pyav" else "",
+        ))
         if name != "pyav":
             loader = build_cpu_loader(records, workers=workers,
                                       decoder_factory=functools.partial(ReaderDecoder, name),
                                       **common)
-            loader.set_epoch(0)
-            for _ in loader:
-                pass
-            run_loader(f"{name}_workers", loader, f"{workers} workers")
-    return results
+            add(_Method(f"{name}_workers", f"{workers} workers", _loader_epochs(loader),
+                        note="the CPU loader with this decoder in its workers"))
+
+    for round_ in range(args.rounds):
+        for method in methods:
+            _time_epoch(method, epoch=1 + round_)
+    results = [
+        Result(m.name, codec, m.processes, max(m.rates), float(np.median(m.seconds)), m.clips,
+               m.mean_abs_diff, m.max_abs_diff,
+               (f"median {np.median(m.rates):.1f}; " if len(m.rates) > 1 else "") + m.note)
+        for m in methods
+    ]
+    return results + skipped
 
 
 # ------------------------------------------------------------------------------- output
@@ -299,14 +322,16 @@ def write_outputs(results: list[Result], meta: dict, out_dir: Path) -> tuple[Pat
     lines = [
         (f"# Loader throughput ({meta['videos']} videos, {meta['size']}x{meta['size']}, "
          f"{meta['frames']} frames, 2 views x 16 frames stride 2, crop {meta['crop']}, "
-         f"batch {meta['batch_size']}, {meta['epochs']} timed epoch(s) after a warm-up)"),
+         f"batch {meta['batch_size']}; best of {meta['rounds']} interleaved rounds of one epoch "
+         f"per method, after a warm-up epoch)"),
         "",
         (f"Machine: {meta['cpu_count']} CPU cores (1-min load average at the end "
          f"{meta['load_avg_1min']:.1f}), GPU: {meta['gpu'] or 'none'}. "
          f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}."),
         f"Command: `{meta['command']}`",
         "",
-        "| codec | method | processes | clips/s | s | mean / max abs diff vs cpu_loader | note |",
+        ("| codec | method | processes | clips/s (best) | s/epoch (median) | "
+         "mean / max abs diff vs cpu_loader | note |"),
         "|---|---|---|---:|---:|---|---|",
     ]
     for r in results:
@@ -327,7 +352,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=list(video_io.CODECS))
     parser.add_argument("--crop", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs (after a warm-up)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed rounds of one epoch per method, interleaved (best reported)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="loader processes / DALI threads (default: every core)")
     parser.add_argument("--seed", type=int, default=0)
@@ -359,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     meta = {
         "videos": args.videos, "size": args.size, "frames": args.frames, "crop": args.crop,
-        "batch_size": args.batch_size, "epochs": args.epochs, "workers": args.workers,
+        "batch_size": args.batch_size, "rounds": args.rounds, "workers": args.workers,
         "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "versions": _versions(),

@@ -187,3 +187,14 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return out
+
+
+def setting_mismatches(data: DataConfig, checkpoint_config: dict | None) -> list[str]:
+    """Clip settings where the evaluation differs from the pretraining run (for a warning:
+    evaluating at another crop or clip length is allowed but rarely intended)."""
+    stored = (checkpoint_config or {}).get("data", {})
+    out = []
+    for name in ("crop", "clip_len", "stride"):
+        if name in stored and stored[name] != getattr(data, name):
+            out.append(f"data.{name}={getattr(data, name)} (pretrained with {stored[name]})")
+    return out

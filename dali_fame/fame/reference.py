@@ -155,27 +155,23 @@ def motion_and_bins_ref(
     _check_contiguous(clips, "clips")
     bsz, t, h, w, _ = clips.shape
     n = h * w * 3
-    # Integer sums are exact; int16 halves the memory traffic while 255 * T fits. The sums are
-    # running in-place adds over t rather than torch.sum over a dimension: on the CPU, torch's
-    # reductions over an outer or a length-3 dimension are an order of magnitude slower than
-    # contiguous elementwise adds.
+    # Integer sums are exact; int16 halves the memory traffic while 255 * T fits. One clip at a
+    # time: torch sums a contiguous (T, N) over dim 0 fast (a batched (B, T, N) over dim 1 is
+    # several times slower on the CPU), and the (T-1, N) uint8 difference stays in cache.
     acc = torch.int16 if 255 * t <= torch.iinfo(torch.int16).max else torch.int32
     motion_acc = torch.empty(bsz, n, dtype=acc, device=clips.device)
     mean_acc = torch.empty(bsz, n, dtype=acc, device=clips.device)
-    for i in range(bsz):  # one clip at a time: its (T-1, N) difference stays in cache
+    for i in range(bsz):
         x = clips[i].view(t, n)
         later, earlier = x[1:], x[:-1]
         diff = torch.maximum(later, earlier)
         diff.sub_(torch.minimum(later, earlier))  # |a - b| exactly in uint8
-        motion_acc[i].copy_(diff[0])
-        mean_acc[i].copy_(x[0])
-        for k in range(1, t):
-            if k < t - 1:
-                motion_acc[i].add_(diff[k])
-            mean_acc[i].add_(x[k])
-    rgb = motion_acc.view(bsz, h * w, 3)
-    motion_int = rgb[..., 0].to(torch.int32) + rgb[..., 1] + rgb[..., 2]
-    motion = true_div(motion_int.float(), float(255 * (t - 1))).view(bsz, h, w)
+        torch.sum(diff, dim=0, dtype=acc, out=motion_acc[i])
+        torch.sum(x, dim=0, dtype=acc, out=mean_acc[i])
+    # The channel sum in float32 is exact (integers below 2**24) and feeds the division directly.
+    rgb = motion_acc.view(bsz, h * w, 3).float()
+    motion = true_div(rgb[..., 0] + rgb[..., 1] + rgb[..., 2], float(255 * (t - 1)))
+    motion = motion.view(bsz, h, w)
     # Planar (3, B, H*W) so that r, g and b are contiguous for the elementwise HSV maths.
     planes = (
         mean_acc.view(bsz, h * w, 3)

@@ -1,0 +1,91 @@
+"""What every evaluation run leaves behind: results.json and a one-line markdown row.
+
+``results.json`` holds the metrics (``top1``, ``top5`` for classification; ``R@1`` ... ``R@50``
+for retrieval), how the weights were loaded, and the run's resolved config. ``results.md`` is a
+single table row so that ``cat runs/*/results.md`` under :func:`markdown_header` makes a table::
+
+    | protocol | method | backbone | pretrain data | dataset | top-1 | top-5 |
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from dali_fame.eval.config import RECALL_KS
+
+METRIC_COLUMNS = {
+    "finetune": ("top1", "top5"),
+    "linear_probe": ("top1", "top5"),
+    "retrieval": tuple(f"R@{k}" for k in RECALL_KS),
+}
+_TITLES = {"top1": "top-1", "top5": "top-5"}
+
+
+def method_label(checkpoint_config: dict | None, *, kind: str, source: str) -> str:
+    """How the backbone was pretrained, for the results row: "FAME (beta 0.5)", "BE", "MoCo",
+    "random init", or the file name of a foreign state dict."""
+    if kind == "none":
+        return "random init"
+    if not checkpoint_config:
+        return Path(source).stem
+    debias = checkpoint_config.get("debias", {})
+    method = debias.get("method", "none")
+    if method == "fame" and debias.get("beta", 0.5) < 1.0:
+        return f"FAME (beta {debias.get('beta', 0.5):g})"
+    if method == "be":
+        return "BE"
+    return "MoCo"
+
+
+def pretrain_data_label(checkpoint_config: dict | None, *, kind: str) -> str:
+    if kind == "none":
+        return "-"
+    if not checkpoint_config:
+        return "unknown"
+    return str(checkpoint_config.get("data", {}).get("format", "unknown"))
+
+
+def dataset_label(data_format: str, split_id: int) -> str:
+    """``ucf101 split 1`` for the formats with numbered splits, else the format name."""
+    return f"{data_format} split {split_id}" if data_format in ("ucf101", "hmdb51") else data_format
+
+
+def markdown_header(task: str) -> str:
+    cols = ["protocol", "method", "backbone", "pretrain data", "dataset"]
+    cols += [_TITLES.get(m, m) for m in METRIC_COLUMNS[task]]
+    return "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
+
+
+def markdown_row(task: str, *, method: str, backbone: str, pretrain_data: str, dataset: str,
+                 metrics: dict) -> str:
+    values = []
+    for name in METRIC_COLUMNS[task]:
+        v = metrics.get(name)
+        values.append("n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}")
+    cells = [task, method, backbone, pretrain_data, dataset, *values]
+    return "| " + " | ".join(cells) + " |"
+
+
+def write_results(
+    run_dir: str | Path,
+    *,
+    task: str,
+    metrics: dict,
+    labels: dict,
+    config: dict,
+    extra: dict | None = None,
+) -> str:
+    """Write ``results.json`` and ``results.md`` into ``run_dir``; return the markdown row.
+
+    metrics: the metric values (``top1``/``top5`` or ``R@k``, plus anything else); labels: the
+    row's ``method``, ``backbone``, ``pretrain_data``, ``dataset``; config: the resolved config
+    dict; extra: more JSON-able facts (weight loading report, timings).
+    """
+    run_dir = Path(run_dir)
+    row = markdown_row(task, **labels, metrics=metrics)
+    payload = {"task": task, **metrics, **labels, **(extra or {}), "config": config}
+    (run_dir / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    (run_dir / "results.md").write_text(row + "\n")
+    return row

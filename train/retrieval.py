@@ -1,0 +1,166 @@
+"""Video retrieval with a pretrained backbone (spec section 8), with Accelerate. No training.
+
+Every video of the training split (the gallery) and of the test split (the queries) becomes
+one feature: the mean of its 10 uniformly spaced 16 x 2 clips' L2-normalised backbone features
+(short side resized + centre crop). Each set is centred by its own mean and L2-normalised;
+queries rank the gallery by cosine similarity; a query is a hit at k when any of its k nearest
+gallery videos has its class. Reports R@1, R@5, R@10, R@20, R@50, and saves the nearest
+neighbours of every query (neighbors.json) for a visual report.
+
+CPU demo (no arguments: built-in synthetic data, runs/demo_cpu/checkpoints of the default
+`accelerate launch train/pretrain.py`):
+    accelerate launch train/retrieval.py
+One GPU, UCF101 split 1, R(2+1)D pretrained on Kinetics-400 (paper: R@1 64.6 ... R@50 94.2):
+    accelerate launch train/retrieval.py --config configs/retrieval_ucf101.yaml \
+        --data-root /data/ucf101/videos --dataset-format ucf101 --set data.annotation_dir=/data/ucf101/splits \
+        --pretrained runs/fame_k400_r2plus1d/checkpoints
+8 GPUs (each process encodes its shard; features are gathered as tensors):
+    accelerate launch --multi_gpu --num_processes 8 train/retrieval.py --config configs/retrieval_hmdb51.yaml \
+        --data-root /data/hmdb51 --dataset-format hmdb51 --pretrained runs/fame_k400_r2plus1d/checkpoints
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+
+from dali_fame.engine.data import build_loader, load_split
+from dali_fame.eval.config import (
+    RECALL_KS,
+    cli_overrides,
+    flatten,
+    load_eval_config,
+    save_eval_config,
+    setting_mismatches,
+    to_dict,
+)
+from dali_fame.eval.inference import gather_indexed, multiclip_pass
+from dali_fame.eval.results import dataset_label, markdown_header, method_label, pretrain_data_label, write_results
+from dali_fame.eval.retrieval import evaluate_retrieval
+from dali_fame.eval.weights import (
+    check_load,
+    choose_backbone,
+    choose_checkpoint,
+    load_pretrained,
+    read_checkpoint_config,
+)
+from dali_fame.models import build_backbone
+
+logger = get_logger("retrieval")
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "retrieval_demo.yaml"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the CPU demo)")
+    p.add_argument("--pretrained", help="pretraining checkpoint dir, a run's checkpoints/ dir (newest), "
+                   "a state-dict file (.safetensors/.pt/.pth), or 'none' for random init")
+    p.add_argument("--output-dir", help="run directory (config: output_dir)")
+    p.add_argument("--data-root", help="dataset root (config: data.root); default: built-in synthetic data")
+    p.add_argument("--dataset-format", help="ucf101 | hmdb51 | kinetics400 | diving48 | ssv2 | folder | csv")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--loader", choices=("auto", "cpu", "dali"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_eval_config(args.config, task="retrieval", overrides=cli_overrides(args))
+        ckpt, ckpt_warning = choose_checkpoint(cfg.eval.pretrained, from_cli=args.pretrained is not None)
+        ckpt_cfg = read_checkpoint_config(ckpt)
+        backbone_name = choose_backbone(requested=cfg.model.backbone, checkpoint_config=ckpt_cfg,
+                                        fallback=cfg.model.fallback_backbone)
+    except ValueError as err:  # ConfigError is a ValueError
+        raise SystemExit(f"config error: {err}") from None
+    run_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with="tensorboard",
+                              project_dir=str(run_dir))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    is_main = accelerator.is_main_process
+    set_seed(cfg.train.seed)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_eval_config(cfg, run_dir / "config.yaml")
+    if ckpt_warning:
+        logger.warning(ckpt_warning, main_process_only=True)
+    for note in setting_mismatches(cfg.data, ckpt_cfg):
+        logger.warning(f"evaluating with {note}", main_process_only=True)
+
+    # --- model: the pretrained backbone alone; every one of its keys must load ---------------
+    backbone = build_backbone(backbone_name)
+    report = load_pretrained(backbone, ckpt, prefix="")
+    check_load(report, allowed_missing=())  # raises WeightLoadError naming the keys
+    logger.info(f"weights: {report.summary()}", main_process_only=True)
+    backbone.to(accelerator.device).eval()
+
+    # --- features: 10-clip averages of both splits, gathered from every process --------------
+    features = {}
+    splits = {}
+    for role, split_name in (("gallery", cfg.eval.train_split), ("queries", cfg.eval.test_split)):
+        split = load_split(cfg.data, split=split_name, is_main=is_main, wait=accelerator.wait_for_everyone)
+        loader, choice = build_loader(split.records, cfg.data, batch_size=cfg.eval.batch_size, mode="eval",
+                                      eval_clips=cfg.eval.num_clips, drop_last=False, seed=cfg.train.seed,
+                                      rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                      local_rank=accelerator.local_process_index)
+        local = multiclip_pass(backbone, loader, device=accelerator.device, reduce="l2",
+                               autocast=accelerator.autocast, progress=is_main,
+                               desc=f"{role} ({split_name}, {cfg.eval.num_clips} clips)")
+        features[role] = gather_indexed(accelerator, local)
+        splits[role] = split
+        missing = len(split.records) - features[role]["index"].numel()
+        if missing:
+            logger.warning(f"{missing} {role} videos failed to decode and are left out", main_process_only=True)
+    logger.info(f"backbone {backbone_name}: {features['gallery']['index'].numel()} gallery, "
+                f"{features['queries']['index'].numel()} query videos, loader {choice.name}",
+                main_process_only=True)
+
+    # --- recall@k and the neighbours of every query ----------------------------------------------
+    g, q = features["gallery"], features["queries"]
+    recalls, sims, idx = evaluate_retrieval(q["outputs"], q["labels"], g["outputs"], g["labels"],
+                                            ks=RECALL_KS, keep=cfg.eval.neighbors)
+    config_dict = to_dict(cfg)
+    accelerator.init_trackers("tb", config=flatten(config_dict))
+    accelerator.log({f"retrieval/{k}": v for k, v in recalls.items()}, step=0)
+    accelerator.end_training()
+    if not is_main:
+        return 0
+    names = splits["gallery"].class_names
+    g_records = [splits["gallery"].records[i] for i in g["index"].tolist()]
+    q_records = [splits["queries"].records[i] for i in q["index"].tolist()]
+    neighbors = []
+    for qi, rec in enumerate(q_records):
+        neighbors.append({
+            "query": rec.video_id, "path": rec.path, "label": rec.label, "class": names[rec.label],
+            "neighbors": [{"video_id": g_records[j].video_id, "path": g_records[j].path,
+                           "label": g_records[j].label, "class": names[g_records[j].label],
+                           "similarity": round(s, 5)}
+                          for s, j in zip(sims[qi, :cfg.eval.neighbors].tolist(), idx[qi, :cfg.eval.neighbors].tolist())],
+        })
+    (run_dir / "neighbors.json").write_text(json.dumps(neighbors, indent=1) + "\n")
+    labels = {"method": cfg.eval.method or method_label(ckpt_cfg, kind=report.kind, source=report.source),
+              "backbone": backbone_name,
+              "pretrain_data": cfg.eval.pretrain_data or pretrain_data_label(ckpt_cfg, kind=report.kind),
+              "dataset": dataset_label(cfg.data.format, cfg.data.split_id)}
+    row = write_results(run_dir, task="retrieval", metrics=recalls, labels=labels, config=config_dict,
+                        extra={"weights": report.as_dict(), "num_queries": len(q_records),
+                               "num_gallery": len(g_records)})
+    print(f"\ndone: {len(q_records)} queries against {len(g_records)} gallery videos ({cfg.eval.num_clips} clips each): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in recalls.items()))
+    print(markdown_header("retrieval"))
+    print(row)
+    print(f"  results     : {run_dir / 'results.json'} (+ results.md)")
+    print(f"  neighbours  : {run_dir / 'neighbors.json'}")
+    print(f"  TensorBoard : tensorboard --logdir {run_dir / 'tb'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
