@@ -3,7 +3,7 @@
 Generates (or reuses) a synthetic set per codec (``dali_fame.data.synthetic``), plans every
 video's clips with the shared sampler and crop draws (``plan_sample``: 2 views x 16 frames,
 stride 2, RandomResizedCrop + flip to ``--crop``), and times, in interleaved rounds of one
-epoch each (best round reported, median in the note):
+epoch each (median round reported, best in the note):
 
 * ``cpu_loader``: :func:`dali_fame.data.cpu_loader.build_cpu_loader`, PyAV in ``--workers``
   DataLoader processes (default: every core), with ``rgb="exact"`` (the default: pixels
@@ -219,7 +219,7 @@ def _time_epoch(method: _Method, epoch: int) -> None:
 def bench_codec(records: list[VideoRecord], codec: str, args) -> list[Result]:
     """Set every method up (warm-up epoch 0 + correctness check against the CPU loader), then
     time ``args.rounds`` rounds of one epoch per method, interleaved so that a change in the
-    machine's load hits every method alike; report each method's best and median round."""
+    machine's load hits every method alike; report each method's median (and best) round."""
     common = {"batch_size": args.batch_size, "crop": args.crop, "seed": args.seed,
               "drop_last": False}
     workers = args.workers
@@ -290,9 +290,9 @@ def bench_codec(records: list[VideoRecord], codec: str, args) -> list[Result]:
         for method in methods:
             _time_epoch(method, epoch=1 + round_)
     results = [
-        Result(m.name, codec, m.processes, max(m.rates), float(np.median(m.seconds)), m.clips,
-               m.mean_abs_diff, m.max_abs_diff,
-               (f"median {np.median(m.rates):.1f}; " if len(m.rates) > 1 else "") + m.note)
+        Result(m.name, codec, m.processes, float(np.median(m.rates)),
+               float(np.median(m.seconds)), m.clips, m.mean_abs_diff, m.max_abs_diff,
+               "; ".join(x for x in (f"best {max(m.rates):.1f}", m.note) if x))
         for m in methods
     ]
     return results + skipped
@@ -322,15 +322,15 @@ def write_outputs(results: list[Result], meta: dict, out_dir: Path) -> tuple[Pat
     lines = [
         (f"# Loader throughput ({meta['videos']} videos, {meta['size']}x{meta['size']}, "
          f"{meta['frames']} frames, 2 views x 16 frames stride 2, crop {meta['crop']}, "
-         f"batch {meta['batch_size']}; best of {meta['rounds']} interleaved rounds of one epoch "
-         f"per method, after a warm-up epoch)"),
+         f"batch {meta['batch_size']}; median of {meta['rounds']} interleaved rounds of one "
+         f"epoch per method, after a warm-up epoch)"),
         "",
         (f"Machine: {meta['cpu_count']} CPU cores (1-min load average at the end "
          f"{meta['load_avg_1min']:.1f}), GPU: {meta['gpu'] or 'none'}. "
          f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}."),
         f"Command: `{meta['command']}`",
         "",
-        ("| codec | method | processes | clips/s (best) | s/epoch (median) | "
+        ("| codec | method | processes | clips/s (median) | s/epoch (median) | "
          "mean / max abs diff vs cpu_loader | note |"),
         "|---|---|---|---:|---:|---|---|",
     ]
@@ -352,8 +352,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=list(video_io.CODECS))
     parser.add_argument("--crop", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="timed rounds of one epoch per method, interleaved (best reported)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="timed rounds of one epoch per method, interleaved (median reported)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="loader processes / DALI threads (default: every core)")
     parser.add_argument("--seed", type=int, default=0)

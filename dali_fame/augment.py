@@ -21,7 +21,8 @@ the image op applied frame by frame would).
 Why not kornia's ``VideoSequential`` (the paper's choice)? Measured here (CPU time, one torch
 thread, min of 7, batch 8 clips x 16 frames x 112 x 112, the same jitter/grayscale/blur/normalise
 with ``same_on_frame=True``; kornia 0.9.0, torch 2.14): at the spec's probabilities this module
-takes 112 ms per batch vs kornia's 273 ms, with every op on 164 ms vs 219 ms. It also draws from
+takes 101 ms per batch vs kornia's 187 ms (medians 138 vs 241), with every op on 131 ms vs 189 ms
+(medians 160 vs 244). It also draws from
 a passed generator (kornia uses torch's global RNG) and matches torchvision's image ops applied
 frame by frame (tests/test_augment.py). Vectorised: each jitter op runs once per slot on the
 sub-batch of clips that drew it there (index_select / in-place index_copy_), the blur is one

@@ -163,6 +163,10 @@ def main(argv=None) -> int:
                     continue
                 timer.data_ready()
                 views = batch["views"].to(accelerator.device, non_blocking=True)  # (B, V, T, H, W, 3) uint8
+                if views.shape[0] < local_batch:
+                    # a video of this batch failed to decode (reported by the loader): every rank
+                    # must contribute the same number of keys, so repeat this batch's own clips
+                    views = views[torch.arange(local_batch, device=views.device) % views.shape[0]]
                 gen = step_generator(cfg.train.seed, state.step, rank)
                 v0, v1 = views[:, 0], views[:, 1]
                 masks = None
@@ -193,7 +197,7 @@ def main(argv=None) -> int:
                 if cfg.optim.clip_grad:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
                 optimizer.step()
-                timer.step_done(views.shape[0] * world)
+                timer.step_done(local_batch * world)
                 state.step += 1
                 state.batch_in_epoch = batch_idx + 1
                 epoch_loss += loss.item()

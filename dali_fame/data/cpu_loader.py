@@ -20,6 +20,11 @@ the frame indices come from the shared sampler and the crop/flip from
 :func:`clip_crop_window`, so the result does not depend on the number of workers, on which
 worker ran a sample, or on the loader (the DALI pipeline calls the same functions).
 
+Pixels: with the default ``rgb="exact"`` the decoded frames are bit-identical to
+:func:`dali_fame.data.video_io.read_frames` and to DALI's CPU decoder; ``rgb="fast"`` trades
+that for FFmpeg's cheaper default YUV->RGB (see :class:`FrameDecoder`; numbers in
+benchmarks/results/bench_loader.md).
+
 Unreadable videos: a video that fails to open or decode mid-epoch is dropped from its batch
 (the batch is shorter by one), a warning naming the file and the reason is logged, and the
 loader counts it (:attr:`CPUClipLoader.skipped`, :attr:`CPUClipLoader.stats`). Nothing crashes
@@ -287,8 +292,8 @@ class FrameDecoder:
             and to DALI's CPU decoder. ``"fast"`` uses FFmpeg's default SIMD path (what
             ``to_ndarray(format="rgb24")``, torchcodec and decord give): ~8x cheaper conversion
             (15 vs 119 us per 128 x 128 frame, ~35 % of a worker's time for 2 x 16-frame clips),
-            but chroma is repeated rather than interpolated: mean |diff| ~1.4, up to ~50 at
-            colour edges, vs "exact".
+            but chroma is repeated rather than interpolated: vs "exact", mean |diff| ~1.4 on
+            the synthetic world, up to ~50 at colour edges (more on edge-heavy content).
         seek_gap: decode straight through gaps of at most this many frames (a seek costs a
             demux pass, a decoder flush and the keyframe's decode).
         table_cache: timestamp tables kept.
@@ -302,7 +307,7 @@ class FrameDecoder:
         self.threads = int(threads)
         self.rgb = rgb
         # None = FFmpeg's default conversion flags
-        self._flags = video_io._DECODE_SCALING if rgb == "exact" else None
+        self._flags = video_io.DECODE_INTERPOLATION if rgb == "exact" else None
         self.seek_gap = int(seek_gap)
         self.table_cache = int(table_cache)
         self._tables: collections.OrderedDict[tuple, _FrameTable | None] = (
@@ -756,7 +761,7 @@ def build_cpu_loader(
         pin_memory: page-lock batches for fast host->GPU copies; default: when CUDA is available.
         decode_threads: FFmpeg threads per worker (1 is best when workers == cores).
         rgb: ``"exact"`` (pixels bit-identical to ``video_io.read_frames`` and DALI's CPU
-            decoder) or ``"fast"`` (FFmpeg's default conversion, ~1.5x the clips/s on small
+            decoder) or ``"fast"`` (FFmpeg's default conversion, ~1.2-1.3x the clips/s on small
             videos, mean |diff| ~1.4); see :class:`FrameDecoder`.
         decoder_factory: another frame decoder for the workers (see :class:`VideoClipDataset`).
 

@@ -306,7 +306,7 @@ class DaliClipLoader:
         dense = tensor_list.as_tensor()
         shape = tuple(dense.shape())
         if self.device == "gpu":
-            device = torch.device("cuda", self.device_id or 0)
+            device = self._to_device()
             out = torch.empty(shape, dtype=torch.uint8, device=device)
             feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
         else:

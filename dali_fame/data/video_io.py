@@ -90,7 +90,7 @@ _ENCODE_SCALING = Interpolation.AREA | Interpolation.ACCURATE_RND | Interpolatio
 # YUV -> RGB: bilinear chroma upsampling with exact rounding. FFmpeg's default fast path repeats
 # each chroma sample (mean error ~2x larger); these flags also make PyAV's output bit-identical
 # to DALI's CPU video decoder (measured on vp9 and mjpeg files), so both loaders agree.
-_DECODE_SCALING = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+DECODE_INTERPOLATION = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 #: codecs whose pixel format subsamples chroma 2x2 (width and height must be even)
 _EVEN_SIZE_CODECS = frozenset(name for name, spec in _CODECS.items() if spec[1].endswith("420p"))
@@ -214,7 +214,7 @@ def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
     Use this in any PyAV decode loop (e.g. one that seeks) to get the same pixels as
     :func:`read_frames` and as DALI's CPU decoder.
     """
-    return frame.reformat(format="rgb24", interpolation=_DECODE_SCALING, threads=1).to_ndarray()
+    return frame.reformat(format="rgb24", interpolation=DECODE_INTERPOLATION, threads=1).to_ndarray()
 
 
 def _open(path: Path) -> av.container.InputContainer:

@@ -140,6 +140,9 @@ def load_eval_config(
         _merge(cfg, values, "")
     for tree in overrides or []:
         _merge(cfg, tree, "")
+    if cfg.data.root and cfg.data.format == "synthetic":
+        # a dataset root without a format (--data-root alone, demo config): class folders
+        cfg.data.format = "folder"
     if cfg.task != task:
         raise ConfigError(f"task={cfg.task!r} cannot be changed for this script ({task})")
     return validate_eval(cfg)
@@ -161,8 +164,6 @@ def cli_overrides(args: Any) -> list[dict]:
         value = getattr(args, attr, None)
         if value is not None:
             trees.append(parse_override(f"{key}={value}"))
-    if getattr(args, "data_root", None) and not getattr(args, "dataset_format", None):
-        trees.append({"data": {"format": "folder"}})
     if getattr(args, "pretrained", None) is not None:
         # not through parse_override: a path must stay a string whatever YAML makes of it
         trees.append({"eval": {"pretrained": str(args.pretrained)}})

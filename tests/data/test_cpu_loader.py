@@ -133,6 +133,20 @@ def test_decoder_matches_sequential_pyav(tmp_path, encoder, suffix):
         decoder.decode(str(path), [3, 90])
 
 
+def test_fast_rgb_is_ffmpegs_default_conversion(tmp_path):
+    path = _write_short_gop(tmp_path / "f.mp4", 30, "libx264", gop=6)
+    with av.open(str(path)) as container:
+        plain = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    indices = [29, 2, 17, 17]
+    fast = FrameDecoder(rgb="fast").decode(str(path), indices)
+    np.testing.assert_array_equal(fast, plain[indices])
+    exact = FrameDecoder().decode(str(path), indices)
+    # Chroma repeated vs interpolated: they differ at colour edges (this texture is all edges).
+    assert np.abs(fast.astype(int) - exact).mean() > 0
+    with pytest.raises(ValueError, match="rgb"):
+        FrameDecoder(rgb="slow")
+
+
 def test_decoder_variable_frame_rate_counts_frames_like_read_frames(tmp_path):
     path = _write_vfr(tmp_path / "vfr.mkv", 36)
     assert video_io.probe_video(path).variable_frame_rate
