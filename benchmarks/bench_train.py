@@ -32,8 +32,8 @@ from dali_fame.backends import select_fame_backend, select_loader
 from dali_fame.config import DataConfig
 from dali_fame.engine.data import build_loader, load_split
 from dali_fame.fame import FAME
-from dali_fame.models import build_backbone
 from dali_fame.moco import MoCo
+from dali_fame.models import build_backbone
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 SETTINGS = {

@@ -19,7 +19,7 @@ class Choice:
     reason: str
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_device_count() -> int:
     """Number of CUDA devices torch can use (0 on CPU-only machines or CPU builds)."""
     import torch
@@ -30,7 +30,7 @@ def cuda_device_count() -> int:
         return 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def module_version(name: str) -> str | None:
     """Version string of an importable module, or None when it does not import."""
     try:

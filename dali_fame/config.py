@@ -247,8 +247,11 @@ def parse_override(text: str) -> dict:
     return tree
 
 
-def load_config(path: str | Path | None = None, *, overrides: list[dict] | None = None) -> Config:
-    """Defaults <- YAML file <- overrides (dicts, applied in order), then :func:`validate`."""
+def load_config(
+    path: str | Path | None = None, *, overrides: list[dict] | None = None, check: bool = True
+) -> Config:
+    """Defaults <- YAML file <- overrides (dicts, applied in order), then :func:`validate`
+    (``check=False`` skips it, to peek at a file before the command line completes it)."""
     cfg = Config()
     if path is not None:
         path = Path(path)
@@ -261,7 +264,7 @@ def load_config(path: str | Path | None = None, *, overrides: list[dict] | None 
         _merge(cfg, values, "")
     for tree in overrides or []:
         _merge(cfg, tree, "")
-    return validate(cfg)
+    return validate(cfg) if check else cfg
 
 
 def to_dict(cfg: Config) -> dict:

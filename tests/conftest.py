@@ -12,7 +12,7 @@ import functools
 import pytest
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_available() -> bool:
     try:
         import torch
@@ -22,7 +22,7 @@ def cuda_available() -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dali_available() -> bool:
     try:
         import nvidia.dali  # noqa: F401

@@ -36,7 +36,12 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from dali_fame.engine.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
+from dali_fame.engine.checkpoint import (
+    TrainerState,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
 from dali_fame.engine.data import build_loader, load_split
 from dali_fame.engine.monitor import MetricsLog, StepTimer, SummaryCSV
 from dali_fame.engine.preemption import PreemptionFlag
@@ -52,8 +57,15 @@ from dali_fame.eval.config import (
 )
 from dali_fame.eval.inference import gather_indexed, multiclip_pass, normalize_clips
 from dali_fame.eval.metrics import classification_results, save_confusion_figure, topk_accuracy
-from dali_fame.eval.results import dataset_label, markdown_header, method_label, pretrain_data_label, write_results
+from dali_fame.eval.results import (
+    dataset_label,
+    markdown_header,
+    method_label,
+    pretrain_data_label,
+    write_results,
+)
 from dali_fame.eval.weights import (
+    WeightLoadError,
     assert_unchanged,
     check_load,
     choose_backbone,
@@ -119,7 +131,8 @@ def main(argv=None, *, task: str = "finetune", doc: str = __doc__) -> int:
     train_split = load_split(cfg.data, split=cfg.eval.train_split, is_main=is_main, wait=accelerator.wait_for_everyone)
     test_split = load_split(cfg.data, split=cfg.eval.test_split, is_main=is_main, wait=accelerator.wait_for_everyone)
     class_names = train_split.class_names
-    common = dict(seed=cfg.train.seed, rank=rank, world_size=world, local_rank=accelerator.local_process_index)
+    common = {"seed": cfg.train.seed, "rank": rank, "world_size": world,
+              "local_rank": accelerator.local_process_index}
     train_loader, loader_choice = build_loader(train_split.records, cfg.data, batch_size=local_batch,
                                                mode="train", num_views=1, **common)
     test_loader, _ = build_loader(test_split.records, cfg.data, batch_size=cfg.eval.batch_size, mode="eval",
@@ -135,8 +148,11 @@ def main(argv=None, *, task: str = "finetune", doc: str = __doc__) -> int:
     # --- model: pretrained backbone + new classifier; strict key accounting -----------------
     model = VideoClassifier(build_backbone(backbone_name), num_classes=len(class_names),
                             dropout=0.0 if frozen else cfg.model.dropout, frozen=frozen, normalize_features=frozen)
-    report = load_pretrained(model, ckpt)
-    check_load(report, allowed_missing=CLASSIFIER_KEYS)  # raises WeightLoadError naming the keys
+    try:
+        report = load_pretrained(model, ckpt)
+        check_load(report, allowed_missing=CLASSIFIER_KEYS)  # only the new classifier may be missing
+    except WeightLoadError as err:
+        raise SystemExit(f"weights error: {err}") from None
     logger.info(f"weights: {report.summary()}", main_process_only=True)
     frozen_reference = snapshot(model.backbone) if frozen else None
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
@@ -161,7 +177,7 @@ def main(argv=None, *, task: str = "finetune", doc: str = __doc__) -> int:
     def test_pass() -> tuple[dict, torch.Tensor]:
         net.eval()
         local = multiclip_pass(net, test_loader, device=accelerator.device, reduce="softmax",
-                               autocast=accelerator.autocast, progress=is_main, desc="test (10 clips)")
+                               autocast=accelerator.autocast, progress=is_main, desc=f"test ({cfg.eval.num_clips} clips)")
         net.train()
         out = gather_indexed(accelerator, local)  # (N, C) scores of every test video, by index
         if out["index"].numel() != len(test_split.records):
@@ -234,7 +250,7 @@ def main(argv=None, *, task: str = "finetune", doc: str = __doc__) -> int:
             if epoch_steps:
                 row = {"epoch": state.epoch if state.batch_in_epoch else state.epoch - 1, "step": state.step,
                        "loss": epoch_loss / epoch_steps, "acc1": epoch_acc / epoch_steps,
-                       "seconds": round(time.perf_counter() - epoch_start, 2)}
+                       "seconds": round(time.perf_counter() - epoch_start, 2), "test_top1": "", "test_top5": ""}
             if (row and cfg.eval.eval_every and state.batch_in_epoch == 0 and state.epoch % cfg.eval.eval_every == 0
                     and state.step < total_steps and stop_reason is None and not preempt.requested):
                 test_metrics, _ = test_pass()
@@ -272,11 +288,11 @@ def main(argv=None, *, task: str = "finetune", doc: str = __doc__) -> int:
         return 0
     figure = save_confusion_figure(cm, run_dir / "confusion.png", class_names=class_names,
                                    title=f"{task} {backbone_name}: top-1 {test_metrics['top1']:.1f}%")
-    labels = {"method": cfg.eval.method or method_label(ckpt_cfg, kind=report.kind, source=report.source),
-              "backbone": backbone_name,
-              "pretrain_data": cfg.eval.pretrain_data or pretrain_data_label(ckpt_cfg, kind=report.kind),
-              "dataset": dataset_label(cfg.data.format, cfg.data.split_id)}
-    row = write_results(run_dir, task=task, metrics=test_metrics, labels=labels, config=config_dict,
+    row_labels = {"method": cfg.eval.method or method_label(ckpt_cfg, kind=report.kind, source=report.source),
+                  "backbone": backbone_name,
+                  "pretrain_data": cfg.eval.pretrain_data or pretrain_data_label(ckpt_cfg, kind=report.kind),
+                  "dataset": dataset_label(cfg.data.format, cfg.data.split_id)}
+    row = write_results(run_dir, task=task, metrics=test_metrics, labels=row_labels, config=config_dict,
                         extra={"weights": report.as_dict(), "steps": state.step, "epochs": state.epoch,
                                "confusion_matrix": cm.tolist(), "frozen_backbone_checked": frozen})
     print(f"\ndone: {state.step} steps, {state.epoch} epochs; test on {test_metrics['num_videos']} videos x "

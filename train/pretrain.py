@@ -31,14 +31,25 @@ from tqdm.auto import tqdm
 from dali_fame.augment import ClipAugment
 from dali_fame.backends import select_fame_backend
 from dali_fame.config import ConfigError, load_config, parse_override, save_config, to_dict
-from dali_fame.engine.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
+from dali_fame.engine.checkpoint import (
+    TrainerState,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
 from dali_fame.engine.data import build_loader, load_split
-from dali_fame.engine.monitor import MetricsLog, StepTimer, SummaryCSV, clip_mask_grid, replica_fingerprint
+from dali_fame.engine.monitor import (
+    MetricsLog,
+    StepTimer,
+    SummaryCSV,
+    clip_mask_grid,
+    replica_fingerprint,
+)
 from dali_fame.engine.preemption import PreemptionFlag
 from dali_fame.engine.schedule import lr_at
 from dali_fame.fame import FAME, BackgroundErasing
-from dali_fame.models import build_backbone
 from dali_fame.moco import MoCo
+from dali_fame.models import build_backbone
 
 logger = get_logger("pretrain")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_cpu.yaml"
@@ -66,8 +77,9 @@ def resolve_config(args: argparse.Namespace):
         "data.loader": args.loader,
     }
     overrides = [parse_override(f"{k}={v}") for k, v in flags.items() if v is not None]
-    if args.data_root and not args.dataset_format:
-        overrides.append({"data": {"format": "folder"}})
+    cfg = load_config(args.config, check=False)
+    if args.data_root and not args.dataset_format and cfg.data.format == "synthetic":
+        overrides.insert(0, {"data": {"format": "folder"}})  # a bare --data-root: class folders
     return load_config(args.config, overrides=overrides + [parse_override(s) for s in args.set])
 
 

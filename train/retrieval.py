@@ -41,9 +41,16 @@ from dali_fame.eval.config import (
     to_dict,
 )
 from dali_fame.eval.inference import gather_indexed, multiclip_pass
-from dali_fame.eval.results import dataset_label, markdown_header, method_label, pretrain_data_label, write_results
+from dali_fame.eval.results import (
+    dataset_label,
+    markdown_header,
+    method_label,
+    pretrain_data_label,
+    write_results,
+)
 from dali_fame.eval.retrieval import evaluate_retrieval
 from dali_fame.eval.weights import (
+    WeightLoadError,
     check_load,
     choose_backbone,
     choose_checkpoint,
@@ -96,8 +103,11 @@ def main(argv=None) -> int:
 
     # --- model: the pretrained backbone alone; every one of its keys must load ---------------
     backbone = build_backbone(backbone_name)
-    report = load_pretrained(backbone, ckpt, prefix="")
-    check_load(report, allowed_missing=())  # raises WeightLoadError naming the keys
+    try:
+        report = load_pretrained(backbone, ckpt, prefix="")
+        check_load(report, allowed_missing=())  # every backbone key must load
+    except WeightLoadError as err:
+        raise SystemExit(f"weights error: {err}") from None
     logger.info(f"weights: {report.summary()}", main_process_only=True)
     backbone.to(accelerator.device).eval()
 

@@ -6,6 +6,7 @@ gathered from every process: ``scores`` float (N, C), ``labels`` int64 (N,).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ def topk_accuracy(
         raise ValueError("topk_accuracy: no samples")
     top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices  # (N, kmax)
     hit = top == labels[:, None]
-    return {k: float(hit[:, : min(k, scores.shape[1])].any(dim=1).float().mean() * 100) for k in ks}
+    return {k: float(hit[:, : min(k, scores.shape[1])].any(dim=1).double().mean() * 100) for k in ks}
 
 
 def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, *, num_classes: int) -> torch.Tensor:
@@ -101,7 +102,8 @@ def classification_results(
     metrics = {
         "top1": acc[1], "top5": acc[5],
         "mean_class_acc": float(present.mean()) if present.numel() else float("nan"),
-        "per_class": {name: (None if v != v else float(v)) for name, v in zip(class_names, per_class.tolist())},
+        "per_class": {name: (None if math.isnan(v) else float(v))
+                      for name, v in zip(class_names, per_class.tolist())},
         "num_videos": int(labels.numel()),
     }
     return metrics, cm

@@ -57,7 +57,7 @@ def recall_at_k(
                          f"and {tuple(query_labels.shape)}")
     hit = neighbor_labels == query_labels[:, None]  # (Q, K)
     first = torch.where(hit.any(dim=1), hit.float().argmax(dim=1), torch.full_like(query_labels, 1 << 30))
-    return {f"R@{k}": float((first < k).float().mean() * 100) for k in ks}
+    return {f"R@{k}": float((first < k).double().mean() * 100) for k in ks}
 
 
 def evaluate_retrieval(

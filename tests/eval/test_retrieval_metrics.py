@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dali_fame.eval.retrieval import center_and_normalize, evaluate_retrieval, nearest_neighbors, recall_at_k
+from dali_fame.eval.retrieval import (
+    center_and_normalize,
+    evaluate_retrieval,
+    nearest_neighbors,
+    recall_at_k,
+)
 
 # Gallery: after removing its own mean, four unit vectors at 0, 90, 180, 270 degrees, classes
 # 0..3; every row carries the offset (5, 5), which only centring by the gallery's mean removes.

@@ -22,8 +22,8 @@ from dali_fame.eval.weights import (
     resolve_pretrained,
     snapshot,
 )
-from dali_fame.models import build_backbone
 from dali_fame.moco import MoCo
+from dali_fame.models import build_backbone
 
 CONFIG = {"model": {"backbone": "tiny"}, "data": {"format": "synthetic", "crop": 32},
           "debias": {"method": "fame", "beta": 0.5}}
