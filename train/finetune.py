@@ -1,4 +1,4 @@
-"""Finetune a pretrained backbone on action classification (spec section 8), with Accelerate.
+r"""Finetune a pretrained backbone on action classification (spec section 8), with Accelerate.
 
 All layers train; SGD lr 0.025, weight decay 1e-4, 150 epochs, batch 128, lr x0.1 at epochs 60
 and 120, dropout before the last FC (0.7 UCF101, 0.5 HMDB51). Training clips: one 16 x 2 clip per
@@ -43,6 +43,7 @@ from dali_fame.engine.checkpoint import (
     save_checkpoint,
 )
 from dali_fame.engine.data import build_loader, load_split
+from dali_fame.engine.flags import add_run_flags
 from dali_fame.engine.monitor import MetricsLog, StepTimer, SummaryCSV
 from dali_fame.engine.preemption import PreemptionFlag
 from dali_fame.engine.schedule import lr_at
@@ -81,19 +82,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 def parse_args(argv=None, *, task: str = "finetune", doc: str = __doc__) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(CONFIGS / f"{task}_demo.yaml"),
-                   help=f"YAML config (default: the CPU demo, configs/{task}_demo.yaml)")
-    p.add_argument("--pretrained", help="pretraining checkpoint dir, a run's checkpoints/ dir (newest), "
-                   "a state-dict file (.safetensors/.pt/.pth), or 'none' for random init")
-    p.add_argument("--output-dir", help="run directory (config: output_dir)")
-    p.add_argument("--data-root", help="dataset root (config: data.root); default: built-in synthetic data")
-    p.add_argument("--dataset-format", help="ucf101 | hmdb51 | kinetics400 | diving48 | ssv2 | folder | csv")
-    p.add_argument("--max-steps", type=int, help="stop training after N optimizer steps (then test)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--resume", help="'auto' (newest checkpoint of --output-dir) or a checkpoint directory")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--loader", choices=("auto", "cpu", "dali"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
+    add_run_flags(p, default_config=str(CONFIGS / f"{task}_demo.yaml"), pretrained=True)
     return p.parse_args(argv)
 
 

@@ -1,4 +1,4 @@
-"""Linear probe of a pretrained backbone (spec section 8), with Accelerate.
+r"""Linear probe of a pretrained backbone (spec section 8), with Accelerate.
 
 The backbone is frozen (eval mode, no gradients, BatchNorm statistics fixed), its features are
 L2-normalised, and only a new linear layer trains: SGD lr 5, weight decay 0, 100 epochs, batch

@@ -1,4 +1,4 @@
-"""MoCo pretraining with FAME (or BE, or neither) on videos, launched with Accelerate.
+r"""MoCo pretraining with FAME (or BE, or neither) on videos, launched with Accelerate.
 
 CPU demo (no arguments: synthetic dataset, tiny backbone, a few minutes):
     accelerate launch train/pretrain.py
@@ -38,6 +38,7 @@ from dali_fame.engine.checkpoint import (
     save_checkpoint,
 )
 from dali_fame.engine.data import build_loader, load_split
+from dali_fame.engine.flags import add_run_flags
 from dali_fame.engine.monitor import (
     MetricsLog,
     StepTimer,
@@ -57,16 +58,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_cpu.
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the CPU demo)")
-    p.add_argument("--output-dir", help="run directory (config: output_dir)")
-    p.add_argument("--data-root", help="dataset root (config: data.root); default: built-in synthetic data")
-    p.add_argument("--dataset-format", help="ucf101 | hmdb51 | kinetics400 | diving48 | ssv2 | folder | csv")
-    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--resume", help="'auto' (newest checkpoint of --output-dir) or a checkpoint directory")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--loader", choices=("auto", "cpu", "dali"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
+    add_run_flags(p, default_config=str(DEFAULT_CONFIG))
     return p.parse_args(argv)
 
 

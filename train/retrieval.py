@@ -1,4 +1,4 @@
-"""Video retrieval with a pretrained backbone (spec section 8), with Accelerate. No training.
+r"""Video retrieval with a pretrained backbone (spec section 8), with Accelerate. No training.
 
 Every video of the training split (the gallery) and of the test split (the queries) becomes
 one feature: the mean of its 10 uniformly spaced 16 x 2 clips' L2-normalised backbone features
@@ -31,6 +31,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 
 from dali_fame.engine.data import build_loader, load_split
+from dali_fame.engine.flags import add_run_flags
 from dali_fame.eval.config import (
     RECALL_KS,
     cli_overrides,
@@ -65,15 +66,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "retrieval
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the CPU demo)")
-    p.add_argument("--pretrained", help="pretraining checkpoint dir, a run's checkpoints/ dir (newest), "
-                   "a state-dict file (.safetensors/.pt/.pth), or 'none' for random init")
-    p.add_argument("--output-dir", help="run directory (config: output_dir)")
-    p.add_argument("--data-root", help="dataset root (config: data.root); default: built-in synthetic data")
-    p.add_argument("--dataset-format", help="ucf101 | hmdb51 | kinetics400 | diving48 | ssv2 | folder | csv")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--loader", choices=("auto", "cpu", "dali"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
+    add_run_flags(p, default_config=str(DEFAULT_CONFIG), training=False, pretrained=True)
     return p.parse_args(argv)
 
 
