@@ -15,14 +15,14 @@ T = 16, S = 224 and 112):
 
 Writes ``fame.json`` and ``fame.md`` to --out (default benchmarks/results/); --profile also
 writes a torch profiler trace (``fame_trace_<device>.json``, open in chrome://tracing or
-Perfetto; the NVTX ranges are named fame/<stage>).
+Perfetto; the NVTX ranges are named fame_<stage>).
 
     python benchmarks/bench_fame.py                  # or: dali-fame bench fame
     python benchmarks/bench_fame.py --sizes 112 --repeats 5 --profile
 
 CPU timings are only meaningful on an otherwise idle machine: the result records the share of the
 CPUs other processes used during the run. Nsight Systems / Compute commands for the GPU stages
-(NVTX ranges ``fame/<stage>`` in the default domain, ``fame.<kernel>`` in the ``dali_fame``
+(NVTX ranges ``fame_<stage>`` in the default domain, ``fame.<kernel>`` in the ``dali_fame``
 domain) are in kernels/README.md. torch.compile was measured and is not used: its first call
 takes ~27 s on 2 cores and the compiled fused motion + mean sums were slower than the eager
 per-clip sums (16 ms vs ~7 ms for B = 8, 16 x 224 x 224).

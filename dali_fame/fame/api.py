@@ -106,13 +106,13 @@ def fame_mask(
     impl = resolve_ops(backend, x.device)
     bsz, _, h, w, _ = x.shape
     num_fg = int(beta * h * w)  # left to right, as the released code evaluates it
-    with nvtx_range("fame/mask", x):
+    with nvtx_range("fame_mask", x):
         if variant == "gauss":
             score = gauss_score(bsz, h, w, device=x.device)
         else:
-            with nvtx_range("fame/motion_and_bins", x):
+            with nvtx_range("fame_motion_and_bins", x):
                 motion, bins = impl.motion_and_bins(x, legacy_hue=legacy_hue)
-            with nvtx_range("fame/seed_blur", x):
+            with nvtx_range("fame_seed_blur", x):
                 seed = _ops.minmax(_ops.gaussian_blur(motion))
             if variant == "seed":
                 score = seed
@@ -121,14 +121,14 @@ def fame_mask(
             else:
                 k_fg = int(fg_fraction * h * w)
                 k_bg = int(bg_fraction * h * w)
-                with nvtx_range("fame/seed_thresholds", x):
+                with nvtx_range("fame_seed_thresholds", x):
                     thr_fg, thr_bg = _ops.seed_thresholds(seed, k_fg=k_fg, k_bg=k_bg)
-                with nvtx_range("fame/color_histograms", x):
+                with nvtx_range("fame_color_histograms", x):
                     counts = impl.color_histograms(bins, seed, thr_fg, thr_bg)
-                with nvtx_range("fame/soft_mask", x):
+                with nvtx_range("fame_soft_mask", x):
                     p_fg, p_bg = _ops.likelihoods(counts, k_fg=k_fg, k_bg=k_bg)
                     score = _ops.minmax(_ops.gaussian_blur(_ops.soft_mask(bins, p_fg, p_bg)))
-        with nvtx_range("fame/select", x):
+        with nvtx_range("fame_select", x):
             return _ops.select_top(score, num_fg)
 
 
@@ -225,7 +225,7 @@ def fame_merge(
     mask = _check_mask(mask, clips)
     perm = _check_perm(perm, clips.shape[0], clips.device)
     impl = resolve_ops(backend, clips.device)
-    with nvtx_range("fame/merge", clips):
+    with nvtx_range("fame_merge", clips):
         if background is None and clips.dtype == torch.uint8:
             return impl.merge(clips, mask, perm)
         source = clips if background is None else _check_background(background, clips)
@@ -259,7 +259,7 @@ def fame_merge_normalize(
     impl = resolve_ops(backend, clips.device)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=clips.device)
     std_t = torch.tensor(std, dtype=torch.float32, device=clips.device)
-    with nvtx_range("fame/merge_normalize", clips):
+    with nvtx_range("fame_merge_normalize", clips):
         if background is None and clips.dtype == torch.uint8:
             return impl.merge_normalize(clips, mask, perm, mean_t, std_t)
         source = clips if background is None else _check_background(background, clips)

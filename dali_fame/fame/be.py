@@ -85,7 +85,7 @@ def background_erasing_apply(
     if any(not 0 <= k < t for k in frames):
         raise ValueError(f"dali_fame.fame: BE frame indices must lie in 0..{t - 1}, got {frames}")
     out = torch.empty_like(clips)
-    with nvtx_range("fame/background_erasing", clips):
+    with nvtx_range("fame_background_erasing", clips):
         for b, (k, a) in enumerate(zip(frames, lam.tolist())):
             x = clips[b] if clips.dtype.is_floating_point else clips[b].float()
             mixed = x * (1.0 - a) + x[k] * a  # x[k] broadcasts over the frames
