@@ -220,6 +220,11 @@ def _coerce(path: str, current: Any, value: Any, type_hint: Any) -> Any:
     if hint.startswith("float") or isinstance(current, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"setting {path!r} must be a number; got {value!r}")
     if hint.startswith("list"):
         if isinstance(value, list):

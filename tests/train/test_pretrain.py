@@ -119,3 +119,29 @@ def test_bad_config_value_fails_at_start_naming_the_setting(tiny_dataset, tmp_pa
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "debias.beta" in proc.stderr and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("options", [
+    ["--set", "debias.method=be"],
+    ["--set", "debias.background=intra", "--set", "debias.views=both"],
+    ["--set", "debias.method=none"],
+])
+def test_debias_choices_train(tiny_dataset, tmp_path, options):
+    run_dir = tmp_path / "run"
+    _run(_args(tiny_dataset, run_dir, "--max-steps", "2", *options))
+    losses = _losses(run_dir)
+    assert sorted(losses) == [1, 2] and all(v == v and v > 0 for v in losses.values())
+
+
+def test_non_finite_loss_stops_naming_the_step(tiny_dataset, tmp_path):
+    run_dir = tmp_path / "nan"
+    cmd = [sys.executable, str(SCRIPT), *_args(tiny_dataset, run_dir, "--epochs", "3",
+                                                 "--set", "optim.lr=1e38", "--set", "optim.weight_decay=0")]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "non-finite loss at step" in proc.stderr
+    from dali_fame.engine.checkpoint import list_checkpoints
+
+    for ckpt in list_checkpoints(run_dir):  # whatever was saved was saved before the bad step
+        step = json.loads((ckpt / "trainer_state.json").read_text())["trainer_state"]["step"]
+        assert f"non-finite loss at step {step} " not in proc.stderr
