@@ -33,6 +33,7 @@ from dali_fame.backends import select_fame_backend
 from dali_fame.config import ConfigError, load_config, parse_override, save_config, to_dict
 from dali_fame.engine.checkpoint import (
     TrainerState,
+    list_checkpoints,
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
@@ -87,6 +88,9 @@ def main(argv=None) -> int:
     except ConfigError as err:
         raise SystemExit(f"config error: {err}") from None
     run_dir = Path(cfg.output_dir)
+    if not args.resume and list_checkpoints(run_dir):
+        raise SystemExit(f"{run_dir} already holds checkpoints: pass --resume auto to continue that run, "
+                         f"or choose another --output-dir (nothing was overwritten)")
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run_dir)
     )

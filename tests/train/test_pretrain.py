@@ -63,6 +63,9 @@ def test_resume_is_exact(tiny_dataset, tmp_path):
     halves = tmp_path / "halves"
     _run(_args(tiny_dataset, halves, "--epochs", "2", "--max-steps", "3"))
     assert sorted(_losses(halves)) == [1, 2, 3]
+    refused = subprocess.run([sys.executable, str(SCRIPT), *_args(tiny_dataset, halves, "--epochs", "2")],
+                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "already holds checkpoints" in refused.stderr
     _run(_args(tiny_dataset, halves, "--epochs", "2", "--resume", "auto"))
     a, b = _losses(straight), _losses(halves)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
