@@ -252,6 +252,18 @@ def parse_override(text: str) -> dict:
     return tree
 
 
+def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML config file; a missing file or a non-mapping is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    with open(path) as fh:
+        values = yaml.safe_load(fh) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return values
+
+
 def load_config(
     path: str | Path | None = None, *, overrides: list[dict] | None = None, check: bool = True
 ) -> Config:
@@ -259,14 +271,7 @@ def load_config(
     (``check=False`` skips it, to peek at a file before the command line completes it)."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        with open(path) as fh:
-            values = yaml.safe_load(fh) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
-        _merge(cfg, values, "")
+        _merge(cfg, read_yaml(path), "")
     for tree in overrides or []:
         _merge(cfg, tree, "")
     return validate(cfg) if check else cfg

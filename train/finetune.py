@@ -46,7 +46,7 @@ from dali_fame.engine.data import build_loader, load_split
 from dali_fame.engine.flags import add_run_flags
 from dali_fame.engine.monitor import MetricsLog, StepTimer, SummaryCSV
 from dali_fame.engine.preemption import PreemptionFlag
-from dali_fame.engine.schedule import lr_at
+from dali_fame.engine.schedule import set_lr
 from dali_fame.eval.classify import CLASSIFIER_KEYS, VideoClassifier
 from dali_fame.eval.config import (
     cli_overrides,
@@ -192,11 +192,8 @@ def main(argv=None, *, task: str = "finetune", doc: str = __doc__) -> int:
                 views = batch["views"].to(accelerator.device, non_blocking=True)  # (B, 1, T, H, W, 3) uint8
                 labels = batch["labels"].to(accelerator.device)
                 x = normalize_clips(views[:, 0])  # (B, 3, T, H, W) float
-                lr = lr_at(state.step, base_lr=cfg.optim.lr, steps_per_epoch=steps_per_epoch,
-                           epochs=cfg.train.epochs, schedule=cfg.optim.schedule, milestones=cfg.optim.milestones,
-                           gamma=cfg.optim.gamma, warmup_epochs=cfg.optim.warmup_epochs)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                lr = set_lr(optimizer, cfg.optim, state.step, steps_per_epoch=steps_per_epoch,
+                            epochs=cfg.train.epochs)
                 with accelerator.autocast():
                     logits = model(x)
                     loss = F.cross_entropy(logits.float(), labels)

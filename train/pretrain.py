@@ -48,7 +48,7 @@ from dali_fame.engine.monitor import (
     replica_fingerprint,
 )
 from dali_fame.engine.preemption import PreemptionFlag
-from dali_fame.engine.schedule import lr_at
+from dali_fame.engine.schedule import set_lr
 from dali_fame.fame import FAME, BackgroundErasing
 from dali_fame.moco import MoCo
 from dali_fame.models import build_backbone
@@ -186,12 +186,8 @@ def main(argv=None) -> int:
                     v0, v1 = out.view0, out.view1
                 x0, x1 = augment(v0, generator=gen), augment(v1, generator=gen)  # (B, 3, T, H, W) float
 
-                lr = lr_at(state.step, base_lr=cfg.optim.lr, steps_per_epoch=steps_per_epoch,
-                           epochs=cfg.train.epochs, schedule=cfg.optim.schedule,
-                           milestones=cfg.optim.milestones, gamma=cfg.optim.gamma,
-                           warmup_epochs=cfg.optim.warmup_epochs)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                lr = set_lr(optimizer, cfg.optim, state.step, steps_per_epoch=steps_per_epoch,
+                            epochs=cfg.train.epochs)
                 with accelerator.autocast():
                     result = model(x0, x1)
                 loss = result["loss"]

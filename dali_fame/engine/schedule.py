@@ -41,3 +41,13 @@ def lr_at(
     if warmup_epochs > 0 and epoch < warmup_epochs:
         lr *= epoch / warmup_epochs
     return lr
+
+
+def set_lr(optimizer, optim_cfg, step: int, *, steps_per_epoch: int, epochs: int) -> float:
+    """Set every param group's lr to :func:`lr_at` for ``step`` under an ``OptimConfig``; return it."""
+    lr = lr_at(step, base_lr=optim_cfg.lr, steps_per_epoch=steps_per_epoch, epochs=epochs,
+               schedule=optim_cfg.schedule, milestones=optim_cfg.milestones, gamma=optim_cfg.gamma,
+               warmup_epochs=optim_cfg.warmup_epochs)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr

@@ -34,6 +34,7 @@ from dali_fame.config import (
     _merge,
     _positive,
     parse_override,
+    read_yaml,
     validate,
 )
 
@@ -127,13 +128,7 @@ def load_eval_config(
     """
     cfg = default_config(task)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        with open(path) as fh:
-            values = yaml.safe_load(fh) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+        values = read_yaml(path)
         if values.get("task", task) != task:
             raise ConfigError(f"config file {str(path)!r} is for task {values['task']!r}, "
                               f"not {task!r}: pick a configs/{task}_*.yaml file")
