@@ -148,3 +148,21 @@ def test_non_finite_loss_stops_naming_the_step(tiny_dataset, tmp_path):
     for ckpt in list_checkpoints(run_dir):  # whatever was saved was saved before the bad step
         step = json.loads((ckpt / "trainer_state.json").read_text())["trainer_state"]["step"]
         assert f"non-finite loss at step {step} " not in proc.stderr
+
+
+def test_bad_files_in_data_root_are_reported_and_skipped(tiny_dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "folder"
+    shutil.copytree(tiny_dataset / "videos", root)
+    first_class = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    (first_class / "empty.mp4").write_bytes(b"")
+    (first_class / "notes.mp4").write_text("this is not a video\n")
+    run_dir = tmp_path / "run"
+    args = _args(tiny_dataset, run_dir, "--max-steps", "2")
+    args[args.index("--data-root") + 1] = str(root)
+    args[args.index("--dataset-format") + 1] = "folder"
+    proc = _run(args)
+    log = proc.stderr
+    assert "empty.mp4" in log and "notes.mp4" in log, log[-3000:]
+    assert sorted(_losses(run_dir)) == [1, 2]
