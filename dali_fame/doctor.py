@@ -50,6 +50,20 @@ def nvrtc_libraries() -> list[tuple[str, str]]:
     return found
 
 
+def loaded_nvrtc() -> str | None:
+    """The NVRTC (``libnvrtc.so.N``) CuPy will compile with in this process, if one is loaded.
+
+    CuPy's loader (cuda-pathfinder) first looks for an already-loaded ``libnvrtc.so.13``, then
+    ``.so.12``; torch loads its own at import, so with a CUDA 13 torch that is NVRTC 13.
+    """
+    try:
+        with open("/proc/self/maps") as fh:
+            names = {Path(line.split()[-1]).name for line in fh if "libnvrtc.so" in line}
+    except OSError:
+        return None
+    return next((n for n in ("libnvrtc.so.13", "libnvrtc.so.12") if n in names), None)
+
+
 def report() -> tuple[list[str], bool]:
     """The doctor's lines and whether a run is possible."""
     lines = [f"python      {platform.python_version()} ({platform.machine()}, {os.cpu_count()} CPUs)"]
@@ -58,10 +72,13 @@ def report() -> tuple[list[str], bool]:
     import torch
 
     lines.append(f"torch CUDA  {torch.version.cuda or 'CPU build'}")
+    loaded = loaded_nvrtc()  # before nvrtc_libraries() opens every wheel's copy to read its version
     for path, version in nvrtc_libraries():
         lines.append(f"NVRTC       {version}  {path}")
     if not nvrtc_libraries():
         lines.append("NVRTC       none found (CuPy cannot compile the FAME kernels)")
+    if loaded:
+        lines.append(f"CuPy NVRTC  {loaded} (already loaded in this process: CuPy compiles the kernels with it)")
     gxx = shutil.which("g++")
     lines.append(f"g++         {gxx or 'not found'} (host emulation of the CUDA kernels in the tests)")
     gpus = cuda_device_count()
