@@ -796,22 +796,28 @@ def plan_videos(
     return videos
 
 
+def _render_planned(video: SyntheticVideo, opts: dict) -> RenderedVideo:
+    """Re-render a planned video from the dataset options (num_frames, height, width, seed,
+    distractor, camera_shake): the generator and ``--inspect`` must draw exactly the same frames."""
+    return render_video(
+        class_index=video.label,
+        scene=video.scene,
+        video_index=video.index,
+        num_frames=opts["num_frames"],
+        size=(opts["height"], opts["width"]),
+        seed=opts["seed"],
+        distractor=opts["distractor"],
+        camera_shake=opts["camera_shake"],
+    )
+
+
 def _make_video(job: dict) -> str:
     """Worker: render one video, encode it and save its ground truth. Returns the video_id."""
     from dali_fame.data import video_io
 
     video: SyntheticVideo = job["video"]
     out_dir = Path(job["out_dir"])
-    rendered = render_video(
-        class_index=video.label,
-        scene=video.scene,
-        video_index=video.index,
-        num_frames=job["num_frames"],
-        size=(job["height"], job["width"]),
-        seed=job["seed"],
-        distractor=job["distractor"],
-        camera_shake=job["camera_shake"],
-    )
+    rendered = _render_planned(video, job)
     final = out_dir / video.path
     partial = final.with_name(final.stem + ".partial" + final.suffix)  # keeps the codec's suffix
     video_io.write_video(partial, rendered.frames, fps=job["fps"], codec=job["codec"])
@@ -1098,16 +1104,7 @@ def inspect_dataset(out_dir: str | Path, *, videos_to_check: int = 1) -> dict:
             except video_io.VideoDecodeError as exc:
                 problems.append(str(exc))
                 continue
-            rendered = render_video(
-                class_index=v.label,
-                scene=v.scene,
-                video_index=v.index,
-                num_frames=opts["num_frames"],
-                size=(opts["height"], opts["width"]),
-                seed=opts["seed"],
-                distractor=opts["distractor"],
-                camera_shake=opts["camera_shake"],
-            )
+            rendered = _render_planned(v, opts)
             with np.load(out_dir / "gt" / f"{v.video_id}.npz") as gt:
                 masks = gt["masks"]
                 gt_class, gt_scene = int(gt["class"]), int(gt["scene"])
