@@ -277,7 +277,8 @@ def load_config(
     return validate(cfg) if check else cfg
 
 
-def to_dict(cfg: Config) -> dict:
+def to_dict(cfg: Any) -> dict:
+    """Any config dataclass (pretraining or evaluation) as a plain nested dict."""
     return dataclasses.asdict(cfg)
 
 
@@ -287,6 +288,18 @@ def from_dict(values: dict) -> Config:
     return cfg
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write a config dataclass as YAML (the run's resolved config.yaml)."""
     with open(path, "w") as fh:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Flatten a config dict for TensorBoard's hparams (lists and None become strings)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out

@@ -36,6 +36,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from dali_fame.config import flatten, save_config, to_dict
 from dali_fame.engine.checkpoint import (
     TrainerState,
     load_checkpoint,
@@ -50,11 +51,8 @@ from dali_fame.engine.schedule import set_lr
 from dali_fame.eval.classify import CLASSIFIER_KEYS, VideoClassifier
 from dali_fame.eval.config import (
     cli_overrides,
-    flatten,
     load_eval_config,
-    save_eval_config,
     setting_mismatches,
-    to_dict,
 )
 from dali_fame.eval.inference import gather_indexed, multiclip_pass, normalize_clips
 from dali_fame.eval.metrics import classification_results, save_confusion_figure, topk_accuracy
@@ -110,7 +108,7 @@ def main(argv=None, *, task: str = "finetune", doc: str = __doc__) -> int:
     set_seed(cfg.train.seed)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_eval_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / "config.yaml")
     if ckpt_warning:
         logger.warning(ckpt_warning, main_process_only=True)
     for note in setting_mismatches(cfg.data, ckpt_cfg):

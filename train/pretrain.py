@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from dali_fame.augment import ClipAugment
 from dali_fame.backends import select_fame_backend
-from dali_fame.config import ConfigError, load_config, parse_override, save_config, to_dict
+from dali_fame.config import ConfigError, flatten, load_config, parse_override, save_config, to_dict
 from dali_fame.engine.checkpoint import (
     TrainerState,
     list_checkpoints,
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         state, _ = load_checkpoint(accelerator, resume_from)
         logger.info(f"resumed from {resume_from}: epoch {state.epoch}, step {state.step}", main_process_only=True)
     config_dict = to_dict(cfg)
-    accelerator.init_trackers("tb", config=_flat(config_dict))
+    accelerator.init_trackers("tb", config=flatten(config_dict))
     summary = SummaryCSV(run_dir / "summary.csv") if accelerator.is_main_process else None
     metrics_log = MetricsLog(run_dir / "metrics.jsonl") if accelerator.is_main_process else None
     logger.info(f"{len(split.records)} videos, {steps_per_epoch} steps/epoch, {world} process(es), "
@@ -266,17 +266,6 @@ def main(argv=None) -> int:
         print(f"  accelerate launch train/retrieval.py --pretrained {run_dir / 'checkpoints'}")
         print(f"  accelerate launch train/finetune.py --pretrained {run_dir / 'checkpoints'}")
     return 0
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """Flatten the config for TensorBoard's hparams (lists and None become strings)."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return out
 
 
 if __name__ == "__main__":

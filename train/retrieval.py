@@ -30,16 +30,14 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 
+from dali_fame.config import flatten, save_config, to_dict
 from dali_fame.engine.data import build_loader, load_split
 from dali_fame.engine.flags import add_run_flags
 from dali_fame.eval.config import (
     RECALL_KS,
     cli_overrides,
-    flatten,
     load_eval_config,
-    save_eval_config,
     setting_mismatches,
-    to_dict,
 )
 from dali_fame.eval.inference import gather_indexed, multiclip_pass
 from dali_fame.eval.results import (
@@ -88,7 +86,7 @@ def main(argv=None) -> int:
     set_seed(cfg.train.seed)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_eval_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / "config.yaml")
     if ckpt_warning:
         logger.warning(ckpt_warning, main_process_only=True)
     for note in setting_mismatches(cfg.data, ckpt_cfg):

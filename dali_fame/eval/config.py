@@ -16,12 +16,9 @@ retrieval      -      -       -       -           -      no training
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from dali_fame.config import (
     Config,
@@ -163,26 +160,6 @@ def cli_overrides(args: Any) -> list[dict]:
         # not through parse_override: a path must stay a string whatever YAML makes of it
         trees.append({"eval": {"pretrained": str(args.pretrained)}})
     return trees + [parse_override(s) for s in getattr(args, "set", None) or []]
-
-
-def to_dict(cfg: EvalConfig) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def save_eval_config(cfg: EvalConfig, path: str | Path) -> None:
-    with open(path, "w") as fh:
-        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """Flatten a config dict for TensorBoard's hparams (lists and None become strings)."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return out
 
 
 def setting_mismatches(data: DataConfig, checkpoint_config: dict | None) -> list[str]:
