@@ -47,13 +47,10 @@ import numpy as np
 import torch
 
 from dali_fame.data import video_io
-from dali_fame.data.cpu_loader import (
-    ShardBatchSampler,
-    build_cpu_loader,
-    crop_resize_flip,
-    plan_sample,
-)
+from dali_fame.data.cpu_loader import build_cpu_loader, crop_resize_flip
+from dali_fame.data.plan import plan_sample
 from dali_fame.data.records import VideoRecord
+from dali_fame.data.shard import ShardBatchSampler
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -159,7 +156,7 @@ def loop_epoch(records, reader, *, epoch: int, batch_size: int, crop: int, seed:
     sampler = ShardBatchSampler(len(records), batch_size=batch_size, seed=seed,
                                 drop_last=False)
     sampler.set_epoch(epoch)
-    for batch in sampler.batches():
+    for batch in (sampler.shard()[p] for p in sampler.batches()):
         views, labels = [], []
         for i in batch.tolist():
             plan = plan_sample(records[i], video_index=i, epoch=epoch, seed=seed, crop=crop)

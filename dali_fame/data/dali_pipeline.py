@@ -41,13 +41,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dali_fame.data.cpu_loader import (
-    MODES,
-    FrameDecoder,
-    ShardBatchSampler,
-    SkippedVideo,
-    plan_sample,
-)
+from dali_fame.data.cpu_loader import SkippedVideo
+from dali_fame.data.frame_decoder import FrameDecoder
+from dali_fame.data.plan import MODES, plan_sample
+from dali_fame.data.shard import ShardBatchSampler
 
 if TYPE_CHECKING:
     from dali_fame.data.records import VideoRecord
@@ -126,7 +123,8 @@ class ClipSource:
     def start_epoch(self, epoch: int) -> None:
         self._epoch = int(epoch)
         self.sampler.set_epoch(epoch)
-        self._batches = collections.deque(self.sampler.batches())
+        shard = self.sampler.shard()
+        self._batches = collections.deque(shard[p] for p in self.sampler.batches())
 
     def stop(self) -> None:
         """Feed nothing more this epoch (used to drain an epoch left unfinished)."""

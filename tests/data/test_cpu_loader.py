@@ -15,10 +15,10 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import RandomResizedCrop
 
 from dali_fame.data import video_io
-from dali_fame.data.cpu_loader import (
+from dali_fame.data.cpu_loader import build_cpu_loader
+from dali_fame.data.frame_decoder import FrameDecoder
+from dali_fame.data.plan import (
     CropWindow,
-    FrameDecoder,
-    build_cpu_loader,
     center_square_window,
     clip_crop_window,
     random_resized_crop_box,

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dali_fame.data import video_io
-from dali_fame.data.cpu_loader import build_cpu_loader, clip_crop_window
+from dali_fame.data.cpu_loader import build_cpu_loader
+from dali_fame.data.plan import clip_crop_window
 from dali_fame.data.records import VideoRecord
 from dali_fame.data.sampler import train_clip_indices
 
