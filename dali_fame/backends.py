@@ -65,17 +65,25 @@ def select_loader(requested: str = "auto") -> Choice:
 
 
 def select_fame_backend(requested: str = "auto") -> Choice:
-    """Pick the FAME backend: ``"cuda"`` (CuPy RawKernels) on a GPU with CuPy, else ``"torch"``."""
+    """Pick the FAME backend: ``"cuda"`` (CuPy RawKernels) when they load, compile and pass a
+    tiny probe on GPU 0 (:func:`dali_fame.fame.dispatch.cuda_ops_status`), else ``"torch"``.
+
+    Raises:
+        ValueError: an unknown name, or ``"cuda"`` requested where it cannot run (the reason).
+    """
     if requested not in ("auto", "cuda", "torch"):
         raise ValueError(f"FAME backend must be one of auto, cuda, torch; got {requested!r}")
-    gpus = cuda_device_count()
-    has_cupy = module_version("cupy") is not None
     if requested == "torch":
         return Choice("torch", "forced: torch reference")
-    if requested == "cuda" and not gpus:
-        raise ValueError("FAME backend 'cuda' was requested but no CUDA device is available")
-    if gpus and has_cupy:
-        return Choice("cuda", f"CUDA device and CuPy {module_version('cupy')}: RawKernels")
-    if gpus:
-        return Choice("torch", "CUDA device but CuPy does not import: torch reference on the GPU")
-    return Choice("torch", "no CUDA device: torch reference on the CPU")
+    if not cuda_device_count():
+        if requested == "cuda":
+            raise ValueError("FAME backend 'cuda' was requested but no CUDA device is available")
+        return Choice("torch", "no CUDA device: torch reference on the CPU")
+    from dali_fame.fame.dispatch import cuda_ops_status
+
+    ok, reason = cuda_ops_status(0)
+    if ok:
+        return Choice("cuda", f"CuPy {module_version('cupy')}: {reason}")
+    if requested == "cuda":
+        raise ValueError(f"FAME backend 'cuda' was requested but cannot run: {reason}")
+    return Choice("torch", f"CUDA kernels unavailable ({reason}): torch reference on the GPU")

@@ -1,6 +1,9 @@
 """``dali-fame doctor``: what is installed, what hardware is visible, and what a run would use.
 
-Exit code 0 when a run can start (torch and PyAV import), 1 otherwise.
+Exit code 0 when a run can start (torch and PyAV import, and any NVIDIA GPU present is usable
+by the installed torch), 1 otherwise: a GPU that torch cannot use (driver too old for its CUDA
+build, no kernels for the GPU's architecture) is reported with the exact fix
+(:mod:`dali_fame.gpu_check`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 from pathlib import Path
 
 from dali_fame.backends import cuda_device_count, module_version, select_fame_backend, select_loader
+from dali_fame.gpu_check import diagnose, read_facts
 
 PACKAGES = [
     ("torch", "torch"),
@@ -81,6 +85,14 @@ def report() -> tuple[list[str], bool]:
         lines.append(f"CuPy NVRTC  {loaded} (already loaded in this process: CuPy compiles the kernels with it)")
     gxx = shutil.which("g++")
     lines.append(f"g++         {gxx or 'not found'} (host emulation of the CUDA kernels in the tests)")
+    facts = read_facts()
+    verdict = diagnose(facts)
+    lines.append(f"NVIDIA      driver {facts.driver or 'none'}, device nodes {len(facts.device_nodes)}, "
+                 f"nvidia-smi {'lists ' + str(len(facts.devices)) + ' GPU(s)' if facts.devices else 'absent or silent'}")
+    for problem in verdict.problems:
+        lines.append(f"GPU PROBLEM {problem}")
+    if verdict.fix:
+        lines.append(f"GPU FIX     {verdict.fix}")
     gpus = cuda_device_count()
     if gpus:
         for i in range(gpus):
@@ -95,7 +107,15 @@ def report() -> tuple[list[str], bool]:
     lines.append(f"decoder     {loader.name}: {loader.reason}")
     lines.append(f"FAME        {fame.name}: {fame.reason}")
     usable = module_version("torch") is not None and module_version("av") is not None
-    lines.append("status      " + ("OK: ready to run" if usable else "NOT USABLE: torch and PyAV are required"))
+    gpu_ok = not verdict.gpu_present or verdict.usable
+    if not usable:
+        status = "NOT USABLE: torch and PyAV are required"
+    elif not gpu_ok:
+        status = "GPU UNUSABLE: see GPU PROBLEM / GPU FIX above (runs stop unless --loader cpu)"
+    else:
+        status = "OK: ready to run" + ("" if verdict.gpu_present else " (no NVIDIA GPU on this machine)")
+    lines.append("status      " + status)
+    usable = usable and gpu_ok
     return lines, usable
 
 

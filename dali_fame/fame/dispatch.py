@@ -3,8 +3,10 @@
 ``backend="torch"`` runs :mod:`dali_fame.fame.reference` on the tensors' device (CPU or CUDA).
 ``backend="cuda"`` runs the CuPy RawKernels of :mod:`dali_fame.fame.cuda` (CUDA tensors only;
 an error if they cannot be loaded). ``backend="auto"`` picks ``"cuda"`` for CUDA tensors and
-``"torch"`` for CPU tensors; if the CUDA backend cannot be loaded (CuPy missing, ...) it falls
-back to the torch reference on the GPU with a one-time warning. Everything else (blur, min-max,
+``"torch"`` for CPU tensors; if the CUDA backend cannot be used on the device (CuPy missing,
+NVRTC cannot compile a kernel, a kernel does not launch or disagrees with the reference on a
+tiny probe) it falls back to the torch reference on the GPU with a one-time warning naming the
+reason, and ``"cuda"`` raises with that reason. Everything else (blur, min-max,
 thresholds, top-k) is the same torch code on every backend.
 """
 
@@ -19,7 +21,7 @@ import torch
 
 from dali_fame.fame import reference
 
-__all__ = ["BACKENDS", "Ops", "resolve_ops"]
+__all__ = ["BACKENDS", "Ops", "cuda_ops_status", "resolve_ops"]
 
 BACKENDS = ("auto", "torch", "cuda")
 
@@ -44,21 +46,75 @@ TORCH_OPS = Ops(
 )
 
 
+def _probe(ops: Ops, device: torch.device) -> None:
+    """Run each CUDA launcher once on a tiny input and compare with the reference.
+
+    Compiling is not enough: a kernel can compile for the device and still fail to launch (no
+    image for the architecture, a driver too old for the PTX) or return wrong results; this
+    finds out at selection time, once per device, instead of at the first training step.
+    """
+    gen = torch.Generator().manual_seed(0)
+    clips = torch.randint(0, 256, (2, 3, 5, 7, 3), generator=gen, dtype=torch.uint8)
+    mask = torch.rand(2, 5, 7, generator=gen) > 0.5
+    perm = torch.tensor([1, 0])
+    mean, std = torch.tensor([0.45, 0.45, 0.45]), torch.tensor([0.225, 0.225, 0.225])
+    cpu = (clips, mask, perm)
+    dev = tuple(t.to(device) for t in cpu)
+    motion, bins = ops.motion_and_bins(dev[0])
+    ref_motion, ref_bins = TORCH_OPS.motion_and_bins(clips)
+    seed = ref_motion.contiguous()
+    thr_fg, thr_bg = seed.flatten(1).max(1).values, seed.flatten(1).min(1).values
+    hist = ops.color_histograms(bins, seed.to(device), thr_fg.to(device), thr_bg.to(device))
+    checks = {
+        "motion_and_bins": torch.equal(bins.cpu(), ref_bins)
+        and torch.allclose(motion.cpu(), ref_motion),
+        "color_histograms": torch.equal(
+            hist.cpu(), TORCH_OPS.color_histograms(ref_bins, seed, thr_fg, thr_bg)
+        ),
+        "merge": torch.equal(ops.merge(*dev).cpu(), TORCH_OPS.merge(*cpu)),
+        "merge_normalize": torch.allclose(
+            ops.merge_normalize(*dev, mean.to(device), std.to(device)).cpu(),
+            TORCH_OPS.merge_normalize(*cpu, mean, std),
+        ),
+    }
+    wrong = [name for name, ok in checks.items() if not ok]
+    if wrong:
+        raise RuntimeError(f"the CUDA kernels ran but disagree with the reference: {wrong}")
+
+
 @functools.cache
-def _load_cuda_ops() -> Ops | Exception:
-    """Import the CuPy backend once per process; returns the exception when it cannot load."""
+def _load_cuda_ops(device_index: int = 0) -> Ops | Exception:
+    """Import CuPy and the launchers, compile every kernel for the device and run each once
+    (:func:`_probe`); once per process and device. Returns the exception when any step fails."""
     try:
+        import cupy  # noqa: F401 - dali_fame.fame.cuda imports it lazily: fail here, not later
+
         from dali_fame.fame import cuda as _cuda
 
-        return Ops(
+        ops = Ops(
             name="cuda",
             motion_and_bins=_cuda.motion_and_bins_cuda,
             color_histograms=_cuda.color_histograms_cuda,
             merge=_cuda.merge_cuda,
             merge_normalize=_cuda.merge_normalize_cuda,
         )
-    except Exception as exc:  # noqa: BLE001 - no cupy, no module, a broken install
+        _cuda._kernels(device_index)  # NVRTC compilation of every kernel file
+        _probe(ops, torch.device("cuda", device_index))
+        return ops
+    except Exception as exc:  # noqa: BLE001 - no cupy, no NVRTC, no kernel image, a broken install
         return exc
+
+
+def cuda_ops_status(device_index: int = 0) -> tuple[bool, str]:
+    """Whether the CUDA backend loads, compiles and runs on a device, and why not.
+
+    The one check behind both ``backend="auto"`` and :func:`dali_fame.backends.select_fame_backend`
+    (so ``doctor`` and the trainer report what will really run).
+    """
+    ops = _load_cuda_ops(device_index)
+    if isinstance(ops, Ops):
+        return True, "CuPy RawKernels compiled and checked against the reference"
+    return False, f"{type(ops).__name__}: {ops}"
 
 
 @functools.cache
@@ -93,7 +149,7 @@ def resolve_ops(backend: str, device: torch.device) -> Ops:
                 f"dali_fame.fame: backend='cuda' needs CUDA tensors, got tensors on {device}"
             )
         return TORCH_OPS
-    ops = _load_cuda_ops()
+    ops = _load_cuda_ops(device.index or 0)
     if isinstance(ops, Ops):
         return ops
     reason = f"{type(ops).__name__}: {ops}"

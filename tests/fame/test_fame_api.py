@@ -308,7 +308,7 @@ def test_fame_module_beta_one_and_variants(scene):
 def test_auto_falls_back_to_torch_on_gpu_when_kernels_cannot_load(monkeypatch):
     from dali_fame.fame import dispatch
 
-    monkeypatch.setattr(dispatch, "_load_cuda_ops", lambda: ImportError("No module named 'cupy'"))
+    monkeypatch.setattr(dispatch, "_load_cuda_ops", lambda *a: ImportError("No module named 'cupy'"))
     dispatch._warn_fallback.cache_clear()
     cuda = torch.device("cuda", 0)  # resolving needs no GPU
     with pytest.warns(RuntimeWarning, match="cupy"):
