@@ -2,12 +2,15 @@
 
 :class:`ClipAugment` takes the loaders' (and FAME's) uint8 clips ``(B, T, H, W, 3)`` and
 returns the model input, float32 ``(B, 3, T, H, W)`` normalised with the Kinetics-400 mean/std.
-Per clip, in this order (MoCo v2's; the crop and flip already happened in the loader):
+Per clip, in this order (fame-spec section 5 and the released FAME code: grayscale before the
+jitter; the crop and flip already happened in the loader):
 
-1. colour jitter with p = 0.8: brightness, contrast, saturation (factors ~ U(0.6, 1.4)) and
+1. grayscale with p = 0.2 (ITU-R 601 luma, 3 channels kept);
+2. colour jitter with p = 0.8: brightness, contrast, saturation (factors ~ U(0.6, 1.4)) and
    hue (shift ~ U(-0.1, 0.1) turns), applied in a random order drawn per clip (torchvision's
-   ``ColorJitter`` semantics, one permutation per clip instead of per image);
-2. grayscale with p = 0.2 (ITU-R 601 luma, 3 channels kept);
+   ``ColorJitter`` semantics, one permutation per clip instead of per image); on a clip made
+   gray in step 1 only brightness and contrast still change it (and clamping makes the order
+   matter: gray-then-brighten is not brighten-then-gray for saturated colours);
 3. Gaussian blur with p = 0.5, sigma ~ U(0.1, 2.0) per clip, kernel ``2 * floor(11.5 * S / 224)
    + 1`` for an ``S x S`` clip (23 at 224, 11 at 112), reflect padding;
 4. normalisation ``(x - mean) / std``.
@@ -230,6 +233,9 @@ class ClipAugment:
         if params is None:
             params = self.draw(clips.shape[0], generator)
         x = clips.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, T, H, W)
+        gray = torch.nonzero(params.gray).flatten()
+        if gray.numel():
+            x = self._apply(x, gray, lambda part: _luma(part).expand(-1, 3, -1, -1, -1))
         factors = (params.brightness, params.contrast, params.saturation, params.hue)
         jitter = params.jitter
         for slot in range(4):
@@ -238,9 +244,6 @@ class ClipAugment:
                 if sel.numel():
                     x = self._apply(x, sel, lambda part, s=sel, o=op, i=op_index:
                                     o(part, factors[i][s].to(device)))
-        gray = torch.nonzero(params.gray).flatten()
-        if gray.numel():
-            x = self._apply(x, gray, lambda part: _luma(part).expand(-1, 3, -1, -1, -1))
         blur = torch.nonzero(params.blur).flatten()
         if blur.numel():
             x = self._apply(x, blur, lambda part: gaussian_blur(

@@ -25,11 +25,11 @@ def _reference(aug: ClipAugment, clips: torch.Tensor, params) -> torch.Tensor:
     factors = (params.brightness, params.contrast, params.saturation, params.hue)
     for i, clip in enumerate(clips):
         x = clip.permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W): frames as images
+        if params.gray[i]:  # the released recipe: grayscale, then jitter, then blur
+            x = TF.rgb_to_grayscale(x, num_output_channels=3)
         if params.jitter[i]:
             for op in params.order[i].tolist():
                 x = ops[op](x, float(factors[op][i]))
-        if params.gray[i]:
-            x = TF.rgb_to_grayscale(x, num_output_channels=3)
         if params.blur[i]:
             k = aug.kernel_size
             x = TF.gaussian_blur(x, [k, k], [float(params.sigma[i])] * 2)
@@ -114,3 +114,17 @@ def test_same_result_on_cuda():
     gpu = aug(clips.cuda(), generator=torch.Generator().manual_seed(1))
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
+
+
+def test_grayscale_comes_before_the_jitter():
+    """A saturated red pixel made gray (luma 0.299) then brightened x1.4 is 0.419; brightened
+    first it clamps at 1 and its luma stays 0.299: the two orders differ."""
+    clips = torch.zeros(1, 2, 4, 4, 3, dtype=torch.uint8)
+    clips[..., 0] = 255
+    aug = ClipAugment(crop=4, jitter_p=1.0, gray_p=1.0, blur_p=0.0)
+    params = aug.draw(1, torch.Generator().manual_seed(0))
+    params.brightness[:] = 1.4
+    params.contrast[:] = params.saturation[:] = 1.0
+    params.hue[:] = 0.0
+    out = aug(clips, params=params) * STD + MEAN  # back to [0, 1]
+    torch.testing.assert_close(out, torch.full_like(out, 0.2989 * 1.4), atol=1e-5, rtol=0)
