@@ -6,7 +6,7 @@ float (B, feature_dim) and has two integer attributes, ``feature_dim`` and
 
     >>> from dali_fame.models import build_backbone, list_backbones
     >>> list_backbones()
-    ['i3d', 'r2plus1d_18', 'r3d_18', 'tiny']
+    ['i3d', 'i3d_sonnet', 'r2plus1d_18', 'r3d_18', 'tiny']
     >>> build_backbone("tiny", width=32).feature_dim
     32
 
@@ -15,6 +15,7 @@ float (B, feature_dim) and has two integer attributes, ``feature_dim`` and
 | r2plus1d_18   | 512      | 31,300,125       | 16 x 112 x 112   |
 | r3d_18        | 512      | 33,166,272       | 16 x 112 x 112   |
 | i3d           | 1024     | 12,287,264       | 16 x 224 x 224   |
+| i3d_sonnet    | 1024     | 12,287,264       | as i3d; BatchNorm eps 1e-3, momentum 0.01 |
 | tiny          | width=64 | ~0.18 M          | any (tests, CPU) |
 """
 
@@ -24,7 +25,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from dali_fame.models.i3d import I3D, i3d
+from dali_fame.models.i3d import I3D, i3d, i3d_sonnet
 from dali_fame.models.r2plus1d import VideoResNetBackbone, r2plus1d_18, r3d_18
 from dali_fame.models.tiny import TinyCNN3D, tiny
 
@@ -41,6 +42,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "r2plus1d_18": r2plus1d_18,
     "r3d_18": r3d_18,
     "i3d": i3d,
+    "i3d_sonnet": i3d_sonnet,
     "tiny": tiny,
 }
 

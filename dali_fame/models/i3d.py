@@ -2,8 +2,12 @@
 
 Carreira & Zisserman, "Quo Vadis, Action Recognition?" (CVPR 2017). The layer names, widths and
 the TensorFlow "SAME" padding follow the original Sonnet code (deepmind/kinetics-i3d) and its
-common PyTorch port (``Unit3D`` = conv3d without bias + BatchNorm(eps=1e-3, momentum=0.01) + ReLU;
+common PyTorch port (``Unit3D`` = conv3d without bias + BatchNorm3d + ReLU;
 ``MaxPool3dSamePadding``), so checkpoints converted for that port load by name.
+
+BatchNorm settings (:data:`BN_SETTINGS`): ``"torch"`` (default) is PyTorch's eps 1e-5, momentum
+0.1, what the released FAME I3D uses; ``"sonnet"`` is eps 1e-3, momentum 0.01 (TF's decay 0.99),
+the Sonnet original and the common port (registered as backbone ``i3d_sonnet``).
 22 layers deep (counting conv layers along the longest path, as GoogLeNet does).
 
 Input: float (B, 3, T, H, W), normalised, channels-first. Output: float (B, 1024), the global
@@ -28,6 +32,9 @@ from torch import nn
 FEATURE_DIM = 1024
 
 Triple = tuple[int, int, int]
+
+#: BatchNorm (eps, momentum) by name: the released FAME I3D ("torch") and the Sonnet original
+BN_SETTINGS: dict[str, tuple[float, float]] = {"torch": (1e-5, 0.1), "sonnet": (1e-3, 0.01)}
 
 
 def _triple(v: int | Triple) -> Triple:
@@ -65,6 +72,7 @@ class Unit3D(nn.Module):
         use_batch_norm: bool = True,
         use_bias: bool = False,
         activation: bool = True,
+        bn: str = "torch",
     ) -> None:
         super().__init__()
         self.kernel_size = _triple(kernel_size)
@@ -72,8 +80,8 @@ class Unit3D(nn.Module):
         self.conv3d = nn.Conv3d(
             in_channels, out_channels, self.kernel_size, stride=self.stride, bias=use_bias
         )
-        # TF's BatchNorm decay 0.99 == torch momentum 0.01; eps as in the Sonnet code.
-        self.bn = nn.BatchNorm3d(out_channels, eps=1e-3, momentum=0.01) if use_batch_norm else None
+        eps, momentum = BN_SETTINGS[bn]
+        self.bn = nn.BatchNorm3d(out_channels, eps=eps, momentum=momentum) if use_batch_norm else None
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,16 +113,18 @@ class InceptionModule(nn.Module):
     x: (B, in_channels, T, H, W) -> (B, w0 + w2 + w4 + w5, T, H, W).
     """
 
-    def __init__(self, in_channels: int, widths: tuple[int, int, int, int, int, int]) -> None:
+    def __init__(
+        self, in_channels: int, widths: tuple[int, int, int, int, int, int], *, bn: str = "torch"
+    ) -> None:
         super().__init__()
         w0, w1a, w1b, w2a, w2b, w3 = widths
-        self.b0 = Unit3D(in_channels, w0, kernel_size=1)
-        self.b1a = Unit3D(in_channels, w1a, kernel_size=1)
-        self.b1b = Unit3D(w1a, w1b, kernel_size=3)
-        self.b2a = Unit3D(in_channels, w2a, kernel_size=1)
-        self.b2b = Unit3D(w2a, w2b, kernel_size=3)
+        self.b0 = Unit3D(in_channels, w0, kernel_size=1, bn=bn)
+        self.b1a = Unit3D(in_channels, w1a, kernel_size=1, bn=bn)
+        self.b1b = Unit3D(w1a, w1b, kernel_size=3, bn=bn)
+        self.b2a = Unit3D(in_channels, w2a, kernel_size=1, bn=bn)
+        self.b2b = Unit3D(w2a, w2b, kernel_size=3, bn=bn)
         self.b3a = MaxPool3dSamePadding(kernel_size=3, stride=1)
-        self.b3b = Unit3D(in_channels, w3, kernel_size=1)
+        self.b3b = Unit3D(in_channels, w3, kernel_size=1, bn=bn)
         self.out_channels = w0 + w1b + w2b + w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,14 +157,17 @@ class I3D(nn.Module):
     ``Mixed_5c``) so ported checkpoints map one to one.
     """
 
-    def __init__(self, *, in_channels: int = 3) -> None:
+    def __init__(self, *, in_channels: int = 3, bn: str = "torch") -> None:
         super().__init__()
+        if bn not in BN_SETTINGS:
+            raise ValueError(f"I3D bn must be one of {sorted(BN_SETTINGS)}, got {bn!r}")
         self.in_channels = in_channels
+        self.bn = bn
         layers: list[tuple[str, nn.Module]] = [
-            ("Conv3d_1a_7x7", Unit3D(in_channels, 64, kernel_size=7, stride=2)),
+            ("Conv3d_1a_7x7", Unit3D(in_channels, 64, kernel_size=7, stride=2, bn=bn)),
             ("MaxPool3d_2a_3x3", MaxPool3dSamePadding(kernel_size=(1, 3, 3), stride=(1, 2, 2))),
-            ("Conv3d_2b_1x1", Unit3D(64, 64, kernel_size=1)),
-            ("Conv3d_2c_3x3", Unit3D(64, 192, kernel_size=3)),
+            ("Conv3d_2b_1x1", Unit3D(64, 64, kernel_size=1, bn=bn)),
+            ("Conv3d_2c_3x3", Unit3D(64, 192, kernel_size=3, bn=bn)),
             ("MaxPool3d_3a_3x3", MaxPool3dSamePadding(kernel_size=(1, 3, 3), stride=(1, 2, 2))),
         ]
         pools = {
@@ -167,7 +180,7 @@ class I3D(nn.Module):
                 layers.append(pools[name])
             if cin != channels:
                 raise AssertionError(f"I3D layer table: {name} expects {cin}, gets {channels}")
-            block = InceptionModule(cin, widths)
+            block = InceptionModule(cin, widths, bn=bn)
             layers.append((name, block))
             channels = block.out_channels
         for name, module in layers:
@@ -187,6 +200,12 @@ class I3D(nn.Module):
         return x.mean(dim=(2, 3, 4))
 
 
-def i3d(*, in_channels: int = 3) -> I3D:
-    """Build the I3D backbone (12,287,264 parameters, 1024-d features)."""
-    return I3D(in_channels=in_channels)
+def i3d(*, in_channels: int = 3, bn: str = "torch") -> I3D:
+    """Build the I3D backbone (12,287,264 parameters, 1024-d features); ``bn`` names the
+    BatchNorm settings (:data:`BN_SETTINGS`)."""
+    return I3D(in_channels=in_channels, bn=bn)
+
+
+def i3d_sonnet(*, in_channels: int = 3) -> I3D:
+    """I3D with the Sonnet original's BatchNorm (eps 1e-3, momentum 0.01)."""
+    return I3D(in_channels=in_channels, bn="sonnet")

@@ -25,7 +25,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def test_registry_lists_and_rejects_unknown():
-    assert list_backbones() == ["i3d", "r2plus1d_18", "r3d_18", "tiny"]
+    assert list_backbones() == ["i3d", "i3d_sonnet", "r2plus1d_18", "r3d_18", "tiny"]
     with pytest.raises(ValueError, match="r2plus1d_18"):
         build_backbone("resnet50")
 
@@ -211,3 +211,12 @@ def test_tiny_width_option():
     assert model(torch.randn(2, 3, 8, 64, 64)).shape == (2, 32)
     with pytest.raises(ValueError, match="width"):
         build_backbone("tiny", width=30)
+
+
+@pytest.mark.parametrize(("name", "eps", "momentum"),
+                         [("i3d", 1e-5, 0.1), ("i3d_sonnet", 1e-3, 0.01)])
+def test_i3d_batchnorm_settings(name, eps, momentum):
+    """Default: PyTorch's BatchNorm (the released FAME I3D); i3d_sonnet: the Sonnet original's."""
+    bns = [m for m in build_backbone(name).modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert len(bns) == 57
+    assert {(m.eps, m.momentum) for m in bns} == {(eps, momentum)}
