@@ -160,6 +160,9 @@ def validate(cfg: Config) -> Config:
     _choice("debias.backend", f.backend, ("auto", "torch", "cuda"))
     if not 0.0 <= f.beta <= 1.0:
         raise ConfigError(f"debias.beta must be in [0, 1]; got {f.beta}")
+    if f.method == "fame" and f.variant == "grid" and f.beta != 0.5:
+        raise ConfigError(f"debias.variant=grid takes 8 of 16 cells (spec section 3): leave "
+                          f"debias.beta at 0.5 (got {f.beta})")
     if not 0.0 <= f.be_gamma <= 1.0:
         raise ConfigError(f"debias.be_gamma must be in [0, 1]; got {f.be_gamma}")
     a = cfg.augment

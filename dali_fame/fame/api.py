@@ -19,7 +19,7 @@ import torch
 from dali_fame.fame import ops as _ops
 from dali_fame.fame.dispatch import resolve_ops
 from dali_fame.fame.reference import byte_mask, check_clips, select_bytes
-from dali_fame.fame.variants import VARIANTS, gauss_score, grid_score
+from dali_fame.fame.variants import VARIANTS, check_grid_beta, gauss_score, grid_mask
 
 __all__ = [
     "KINETICS_MEAN",
@@ -87,7 +87,8 @@ def fame_mask(
         clips: uint8 (B, T, H, W, 3) RGB channels-last, T >= 2, on CPU or CUDA (or float in
             [0, 1], see :func:`as_uint8`).
         beta: foreground fraction: exactly int(beta * H * W) pixels per clip are 1. beta = 1 keeps
-            every pixel (FAME disabled), beta = 0 none.
+            every pixel (FAME disabled), beta = 0 none. The grid variant takes 8 whole cells
+            of 16 instead and requires beta = 0.5.
         variant: "fame" (default), "seed", "gauss" or "grid" (:mod:`dali_fame.fame.variants`).
         legacy_hue: reproduce the released code's doubly scaled hue angle (spec step 4).
         fg_fraction, bg_fraction: sizes of the foreground / background seed sets as fractions of
@@ -102,6 +103,7 @@ def fame_mask(
         _check_fraction(value, name)
     if variant not in VARIANTS:
         raise ValueError(f"dali_fame.fame: variant must be one of {VARIANTS}, got {variant!r}")
+    check_grid_beta(variant, beta)
     x = as_uint8(clips)
     impl = resolve_ops(backend, x.device)
     bsz, _, h, w, _ = x.shape
@@ -117,7 +119,7 @@ def fame_mask(
             if variant == "seed":
                 score = seed
             elif variant == "grid":
-                score = grid_score(seed)
+                return grid_mask(seed)
             else:
                 k_fg = int(fg_fraction * h * w)
                 k_bg = int(bg_fraction * h * w)

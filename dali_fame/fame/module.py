@@ -15,7 +15,7 @@ from torch import nn
 from dali_fame.fame.api import fame_mask, fame_merge, random_permutation
 from dali_fame.fame.be import background_erasing_apply, be_params
 from dali_fame.fame.dispatch import BACKENDS
-from dali_fame.fame.variants import VARIANTS
+from dali_fame.fame.variants import VARIANTS, check_grid_beta
 
 __all__ = ["FAME", "BEOutput", "BackgroundErasing", "FAMEOutput"]
 
@@ -65,6 +65,7 @@ class FAME(nn.Module):
         super().__init__()
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"dali_fame.fame.FAME: beta must be in [0, 1], got {beta}")
+        check_grid_beta(variant, beta)
         if variant not in VARIANTS:
             raise ValueError(
                 f"dali_fame.fame.FAME: variant must be one of {VARIANTS}, got {variant!r}"

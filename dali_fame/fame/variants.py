@@ -1,24 +1,48 @@
 """Score maps of the FAME mask variants (spec section 3; paper Table 3).
 
-Every variant produces a float32 (B, H, W) score that the same exact top-k rule
-(:func:`dali_fame.fame.ops.select_top`, int(beta*H*W) pixels, ties to the lower row-major index)
-turns into the binary mask, so every variant has the exact foreground count.
+The ``fame``, ``seed`` and ``gauss`` variants produce a float32 (B, H, W) score that the same
+exact top-k rule (:func:`dali_fame.fame.ops.select_top`, int(beta*H*W) pixels, ties to the lower
+row-major index) turns into the binary mask, so they have the exact foreground count. The
+``grid`` variant is defined by cells, not by a fraction (spec section 3): the 8 of its 4 x 4
+cells with the largest sums of S are foreground (:func:`grid_mask`; beta does not apply, and
+the callers insist on beta = 0.5, where the two readings agree for H, W divisible by 4).
 
 * ``"fame"``: the soft colour mask M (the full method, default);
 * ``"seed"``: the seed S = minmax(blur(D)) itself;
 * ``"gauss"``: a centred 2-D Gaussian (content-independent);
-* ``"grid"``: a 4 x 4 grid ranked by the sum of S per cell.
+* ``"grid"``: the 8 best cells of a 4 x 4 grid ranked by the sum of S per cell.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["GRID_CELLS", "VARIANTS", "gauss_score", "grid_score"]
+__all__ = [
+    "GRID_CELLS",
+    "GRID_FG_CELLS",
+    "VARIANTS",
+    "check_grid_beta",
+    "gauss_score",
+    "grid_mask",
+    "grid_score",
+]
 
 VARIANTS = ("fame", "seed", "gauss", "grid")
 #: the grid variant splits each frame into GRID_CELLS x GRID_CELLS cells
 GRID_CELLS = 4
+#: ... and takes this many of its GRID_CELLS ** 2 cells as foreground
+GRID_FG_CELLS = 8
+
+
+def check_grid_beta(variant: str, beta: float) -> None:
+    """The grid variant takes 8 of 16 cells, not a fraction: refuse any beta but 0.5 rather
+    than silently ignore it (raises ValueError naming the setting)."""
+    if variant == "grid" and beta != 0.5:
+        raise ValueError(
+            f"dali_fame.fame: variant 'grid' takes the {GRID_FG_CELLS} best of "
+            f"{GRID_CELLS * GRID_CELLS} cells (spec section 3), so beta does not apply; "
+            f"leave beta (debias.beta) at 0.5, got {beta}"
+        )
 
 
 def gauss_score(batch: int, height: int, width: int, *, device: torch.device | str) -> torch.Tensor:
@@ -42,9 +66,7 @@ def grid_score(seed: torch.Tensor) -> torch.Tensor:
 
     Rows h belong to cell row (h * 4) // H, columns likewise, so unequal cells differ by at most
     one row / column. Cells are ranked by their sum of S, ties to the lower cell index (row-major);
-    the pixel score is 16 - rank. With beta = 0.5 and H, W divisible by 4 the top-k rule then takes
-    exactly the 8 best cells; otherwise whole cells in rank order and the remainder of the next
-    cell in row-major order.
+    the pixel score is 16 - rank (:func:`grid_mask` keeps the pixels of the 8 best cells).
 
     Args:
         seed: float32 (B, H, W), the seed S.
@@ -76,3 +98,16 @@ def grid_score(seed: torch.Tensor) -> torch.Tensor:
     rank.scatter_(1, order, torch.arange(n_cells, device=seed.device).expand(bsz, n_cells))
     cell_score = (n_cells - rank).float()
     return cell_score[:, cell].view(bsz, h, w)
+
+
+def grid_mask(seed: torch.Tensor) -> torch.Tensor:
+    """The grid variant's mask: every pixel of the :data:`GRID_FG_CELLS` cells with the largest
+    sums of S (whole cells, whatever H and W; ties to the lower cell index).
+
+    Args:
+        seed: float32 (B, H, W), the seed S.
+
+    Returns:
+        bool (B, H, W).
+    """
+    return grid_score(seed) > GRID_CELLS * GRID_CELLS - GRID_FG_CELLS

@@ -34,6 +34,8 @@ def scene():
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 0.7, 1.0])
 def test_exact_foreground_count(scene, variant, beta):
+    if variant == "grid":
+        pytest.skip("the grid variant takes whole cells, not a fraction (test below)")
     clips, _ = scene
     for shape in [(3, 8, 48, 48), (2, 3, 13, 22)]:
         x = clips[: shape[0], : shape[1], : shape[2], : shape[3]].contiguous()
@@ -50,6 +52,30 @@ def test_grid_variant_takes_whole_cells(scene):
     per_cell = cells.sum(-1)
     assert ((per_cell == 0) | (per_cell == 144)).all()
     assert (per_cell == 144).sum(dim=1).tolist() == [8, 8, 8]
+
+
+def test_grid_variant_takes_8_whole_cells_of_unequal_size(scene):
+    """13 x 22: cells of 3-4 rows x 5-6 columns; the mask is 8 whole cells, the 8 with the
+    largest seed sums, not int(0.5 * 13 * 22) pixels (spec section 3)."""
+    from dali_fame.fame import ops
+    from dali_fame.fame.reference import motion_and_bins_ref
+
+    clips = scene[0][:, :5, :13, :22].contiguous()
+    mask = fame_mask(clips, variant="grid")
+    seed = ops.minmax(ops.gaussian_blur(motion_and_bins_ref(clips)[0]))
+    ys, xs = [0, 4, 7, 10, 13], [0, 6, 11, 17, 22]  # ceil(r * size / 4)
+    for b in range(clips.shape[0]):
+        sums, full = [], []
+        for r in range(4):
+            for c in range(4):
+                cell = mask[b, ys[r]:ys[r + 1], xs[c]:xs[c + 1]]
+                assert cell.all() or not cell.any()
+                full.append(bool(cell.all()))
+                sums.append(float(seed[b, ys[r]:ys[r + 1], xs[c]:xs[c + 1]].double().sum()))
+        best = sorted(range(16), key=lambda i: (-sums[i], i))[:8]
+        assert [i for i in range(16) if full[i]] == sorted(best)
+    with pytest.raises(ValueError, match="beta"):
+        fame_mask(clips, variant="grid", beta=0.3)
 
 
 def test_gauss_variant_is_centred_and_content_free(scene):
@@ -301,8 +327,11 @@ def test_fame_module_beta_one_and_variants(scene):
     out = FAME(beta=1.0)(clips, clips, generator=torch.Generator().manual_seed(1))
     assert torch.equal(out.view0, clips)
     for variant in VARIANTS:
-        res = FAME(beta=0.3, variant=variant)(clips, clips, generator=torch.Generator())
-        assert res.mask0.sum(dim=(1, 2)).tolist() == [int(0.3 * 48 * 48)] * 3
+        beta = 0.5 if variant == "grid" else 0.3  # grid: 8 of 16 cells of 12 x 12
+        res = FAME(beta=beta, variant=variant)(clips, clips, generator=torch.Generator())
+        assert res.mask0.sum(dim=(1, 2)).tolist() == [int(beta * 48 * 48)] * 3
+    with pytest.raises(ValueError, match="grid"):
+        FAME(beta=0.3, variant="grid")
 
 
 def test_auto_falls_back_to_torch_on_gpu_when_kernels_cannot_load(monkeypatch):
