@@ -1,9 +1,11 @@
-"""CPU loader: exact frames vs a direct PyAV decode, crops, sharding, bad files, eval mode."""
+"""CPU loader: exact frames vs a direct PyAV decode, crops, sharding, bad files replaced, eval
+mode, starting mid-epoch."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from faults import damage_in_place  # tests/faults.py (tests/ is on sys.path via conftest)
 from torchvision.transforms import RandomResizedCrop
 
 from dali_fame.data import video_io
 from dali_fame.data.cpu_loader import build_cpu_loader
 from dali_fame.data.frame_decoder import FrameDecoder
+from dali_fame.data.ledger import NoHealthyVideoError, substitute_candidates
 from dali_fame.data.plan import (
     CropWindow,
     center_square_window,
@@ -24,7 +28,12 @@ from dali_fame.data.plan import (
     random_resized_crop_box,
 )
 from dali_fame.data.records import VideoRecord
-from dali_fame.data.sampler import eval_clip_indices, train_clip_indices
+from dali_fame.data.sampler import (
+    eval_clip_indices,
+    shard_indices,
+    steps_per_epoch,
+    train_clip_indices,
+)
 
 H, W = 48, 64  # small, non-square: exercises the (y, x) vs (x, y) order of crop boxes
 
@@ -198,7 +207,7 @@ def test_train_batches_equal_direct_pyav_decode(videos):
                 np.testing.assert_array_equal(views[b].numpy(), ref)
             seen += index.tolist()
         assert sorted(seen) == list(range(len(videos)))
-        assert loader.stats == {"visited": 11, "delivered": 11, "skipped": 0, "short": 1}
+        assert loader.stats == {"visited": 11, "delivered": 11, "replaced": 0, "short": 1}
 
 
 def test_crops_match_torchvision_resized_crop(videos):
@@ -267,7 +276,15 @@ def test_eval_mode_uniform_clips_centre_crop(videos):
     assert torch.equal(next(iter(loader))["views"], views)  # eval ignores the epoch
 
 
-def test_bad_files_mid_epoch_are_reported_skipped_and_counted(videos, tmp_path, caplog):
+def _warned(caplog, path) -> int:
+    """How many warnings name ``path``."""
+    return sum(str(path) in r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING)
+
+
+def test_eval_bad_files_are_replaced_reported_once_and_counted(videos, tmp_path, caplog):
+    """Eval mode (test passes): files broken in three ways (empty, not a video, truncated)
+    keep their places, filled by other videos of the shard; nothing is dropped."""
     good = videos[:6]
     src = Path(good[0].path).read_bytes()
     zero = tmp_path / "zero.mp4"
@@ -280,16 +297,135 @@ def test_bad_files_mid_epoch_are_reported_skipped_and_counted(videos, tmp_path, 
     bad = [VideoRecord(**{**good[0].__dict__, "path": str(p), "video_id": p.stem})
            for p in (zero, text, trunc)]
     records = good[:2] + [bad[0]] + good[2:4] + [bad[1], bad[2]] + good[4:]
-    loader = build_cpu_loader(records, batch_size=3, crop=16, workers=2, seed=0,
-                              drop_last=False)
-    with caplog.at_level(logging.WARNING, logger="dali_fame.data.cpu_loader"):
-        delivered = [i for batch in loader for i in batch["index"].tolist()]
-    assert loader.stats["visited"] == len(records) == 9
-    assert loader.stats["skipped"] == 3 and loader.stats["delivered"] == 6
-    assert sorted(delivered) == [0, 1, 3, 4, 7, 8]
-    assert sorted(s.path for s in loader.skipped) == sorted(str(p) for p in (zero, text, trunc))
+    bad_index = {2, 5, 6}
+    loader = build_cpu_loader(records, batch_size=3, crop=16, workers=2, seed=0, mode="eval",
+                              eval_clips=2, drop_last=False)
+    with caplog.at_level(logging.WARNING, logger="dali_fame.data.ledger"):
+        batches = [b["index"].tolist() for b in loader]
+    assert len(batches) == len(loader) == 3
+    for scheduled, got in zip([[0, 1, 2], [3, 4, 5], [6, 7, 8]], batches):
+        assert len(got) == 3
+        for s, g in zip(scheduled, got):
+            assert g not in bad_index and (g == s or s in bad_index)
+    assert {i for b in batches for i in b} == set(range(9)) - bad_index
+    assert loader.stats == {"visited": 9, "delivered": 6, "replaced": 3, "short": 0}
+    assert {f.path for f in loader.failures} == {str(p) for p in (zero, text, trunc)}
     for p in (zero, text, trunc):
-        assert any(str(p) in r.getMessage() for r in caplog.records)
+        assert _warned(caplog, p) == 1
+
+
+SEED, WORLD = 5, 2
+
+
+@pytest.fixture(scope="module")
+def damaged(videos, tmp_path_factory):
+    """14 videos (label = index); three of rank 0's epoch-0 shard damaged after indexing:
+    positions 0 and 4 (in its two batches of 3) and 6 (the drop_last leftover)."""
+    root = tmp_path_factory.mktemp("damaged")
+    records = []
+    for i in range(14):
+        src = Path(videos[i % 9].path)
+        dst = root / f"c{i}.mp4"
+        shutil.copyfile(src, dst)
+        records.append(_record(dst, label=i))
+    shard = shard_indices(14, epoch=0, seed=SEED, rank=0, world_size=WORLD)
+    bad = {int(shard[p]) for p in (0, 4, 6)}
+    for i in bad:
+        damage_in_place(records[i].path)
+    return records, bad
+
+
+def _expected(records, bad, *, epoch, batch_size) -> list[list[int]]:
+    """Rank 0's batches by the ledger's rule: a bad video's place goes to the first healthy
+    video of substitute_candidates."""
+    shard = shard_indices(len(records), epoch=epoch, seed=SEED, rank=0, world_size=WORLD)
+    steps = steps_per_epoch(len(records), world_size=WORLD, batch_size=batch_size)
+    out = []
+    for step in range(steps):
+        row = []
+        for p in range(step * batch_size, (step + 1) * batch_size):
+            v = int(shard[p])
+            if v in bad:
+                v = next(int(c) for c in substitute_candidates(shard, seed=SEED, epoch=epoch,
+                                                               position=p) if c not in bad)
+            row.append(v)
+        out.append(row)
+    return out
+
+
+def test_damaged_videos_are_replaced_from_the_shard_batches_stay_full(damaged, caplog):
+    records, bad = damaged
+    bad_paths = {records[i].path for i in bad}
+    kw = {"batch_size": 3, "crop": 16, "seed": SEED, "rank": 0, "world_size": WORLD}
+    out: dict[int, list[list[dict]]] = {}
+    for workers in (0, 2):
+        loader = build_cpu_loader(records, workers=workers, **kw)
+        assert len(loader) == 2
+        caplog.clear()
+        out[workers] = []
+        with caplog.at_level(logging.WARNING, logger="dali_fame.data.ledger"):
+            for epoch in (0, 1):
+                loader.set_epoch(epoch)
+                batches = list(loader)
+                out[workers].append(batches)
+                assert len(batches) == len(loader)
+                expected = _expected(records, bad, epoch=epoch, batch_size=3)
+                assert [b["index"].tolist() for b in batches] == expected
+                shard = set(loader.sampler.shard().tolist())
+                scheduled = loader.sampler.indices()[:6].tolist()
+                for b in batches:
+                    assert b["views"].shape == (3, 2, 16, 16, 16, 3)
+                    assert b["labels"].tolist() == b["index"].tolist()  # the substitute's own
+                    assert set(b["index"].tolist()) <= shard - bad
+                replaced = sum(v in bad for v in scheduled)
+                assert loader.stats["visited"] == 6
+                assert loader.stats["delivered"] == 6 - replaced
+                assert loader.stats["replaced"] == replaced
+        failed = {f.path for f in loader.failures}
+        assert failed <= bad_paths
+        # Epoch 0 schedules two of them; epoch 0's leftover is never delivered.
+        assert len(failed) >= 2
+        for path in bad_paths:
+            assert _warned(caplog, path) == (path in failed)
+    for epoch_a, epoch_b in zip(out[0], out[2]):
+        for a, b in zip(epoch_a, epoch_b):
+            assert torch.equal(a["index"], b["index"]) and torch.equal(a["views"], b["views"])
+
+
+def test_start_batch_yields_the_rest_of_an_uninterrupted_epoch(damaged):
+    records, _ = damaged
+    loader = build_cpu_loader(records, batch_size=2, crop=16, workers=0, seed=SEED, rank=0,
+                              world_size=WORLD)
+    assert len(loader) == 3
+    loader.set_epoch(0)
+    whole = list(loader)
+    for k in (1, 2, 3):
+        loader.set_epoch(0, start_batch=k)
+        rest = list(loader)
+        assert len(rest) == len(loader) - k
+        for a, b in zip(whole[k:], rest):
+            assert torch.equal(a["index"], b["index"]) and torch.equal(a["views"], b["views"])
+        assert loader.stats["visited"] == 2 * (len(loader) - k)
+    loader.set_epoch(1)  # start_batch does not stick to later epochs
+    assert len(list(loader)) == 3
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shard_without_a_healthy_video_raises_naming_files(videos, tmp_path, workers):
+    records = []
+    for i in range(4):
+        dst = tmp_path / f"b{i}.mp4"
+        shutil.copyfile(videos[i].path, dst)
+        records.append(_record(dst, label=i))
+        damage_in_place(dst)
+    loader = build_cpu_loader(records, batch_size=1, crop=16, workers=workers, seed=0,
+                              rank=1, world_size=2)
+    with pytest.raises(NoHealthyVideoError, match=r"rank 1 of 2, epoch 0: .*2 of its 2") as err:
+        list(loader)
+    shard = loader.sampler.shard().tolist()
+    for i in shard:
+        assert records[i].path in str(err.value)
+    assert {f.index for f in loader.failures} == set(shard)
 
 
 def test_build_rejects_bad_settings(videos):
