@@ -47,6 +47,8 @@ class MocoConfig:
     momentum: float = 0.999
     temperature: float = 0.1
     shuffle_bn: bool = True
+    #: the released FAME code's enqueue between the two loss terms (reproduce old numbers only)
+    legacy_enqueue: bool = False
 
 
 @dataclass

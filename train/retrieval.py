@@ -32,6 +32,7 @@ from accelerate.utils import set_seed
 
 from dali_fame.config import flatten, save_config, to_dict
 from dali_fame.engine.data import build_loader, load_split
+from dali_fame.eval.splits import resolve_eval_splits
 from dali_fame.engine.flags import add_run_flags
 from dali_fame.eval.config import (
     RECALL_KS,
@@ -102,11 +103,19 @@ def main(argv=None) -> int:
     logger.info(f"weights: {report.summary()}", main_process_only=True)
     backbone.to(accelerator.device).eval()
 
+    # --- splits first: refuse to test on the training videos before decoding anything -------
+    try:
+        gallery, queries = resolve_eval_splits(
+            load_split(cfg.data, split=cfg.eval.train_split, is_main=is_main, wait=accelerator.wait_for_everyone),
+            load_split(cfg.data, split=cfg.eval.test_split, is_main=is_main, wait=accelerator.wait_for_everyone),
+            holdout=cfg.eval.holdout, seed=cfg.eval.holdout_seed)
+    except ValueError as err:
+        raise SystemExit(f"split error: {err}") from None
+
     # --- features: 10-clip averages of both splits, gathered from every process --------------
     features = {}
     splits = {}
-    for role, split_name in (("gallery", cfg.eval.train_split), ("queries", cfg.eval.test_split)):
-        split = load_split(cfg.data, split=split_name, is_main=is_main, wait=accelerator.wait_for_everyone)
+    for role, split_name, split in (("gallery", cfg.eval.train_split, gallery), ("queries", cfg.eval.test_split, queries)):
         loader, choice = build_loader(split.records, cfg.data, batch_size=cfg.eval.batch_size, mode="eval",
                                       eval_clips=cfg.eval.num_clips, drop_last=False, seed=cfg.train.seed,
                                       rank=accelerator.process_index, world_size=accelerator.num_processes,

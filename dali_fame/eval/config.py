@@ -63,6 +63,9 @@ class EvalSection:
     batch_size: int = 8  #: videos per process in a test pass (x num_clips clips)
     eval_every: int = 10  #: epochs between test passes during training (0: only at the end)
     neighbors: int = 50  #: retrieval: neighbours saved per query in neighbors.json
+    #: data without a split only: this fraction of each class becomes the test split (seeded)
+    holdout: float = 0.0
+    holdout_seed: int = 0  #: the hold-out's seed (independent of train.seed)
 
 
 @dataclass
@@ -112,6 +115,8 @@ def validate_eval(cfg: EvalConfig) -> EvalConfig:
     _positive("eval.batch_size", e.batch_size)
     _positive("eval.eval_every", e.eval_every, allow_zero=True)
     _positive("eval.neighbors", e.neighbors)
+    if not 0.0 <= e.holdout < 1.0:
+        raise ConfigError(f"eval.holdout must be in [0, 1) (0: the data's own split); got {e.holdout}")
     return cfg
 
 
