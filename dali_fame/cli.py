@@ -16,6 +16,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("dali_fame.doctor", "print versions, GPUs and which decoder / FAME backend a run uses"),
     "synth": ("dali_fame.data.synthetic", "generate the synthetic motion-class video dataset"),
     "index": ("dali_fame.data.index", "probe a video dataset, cache the results, report bad files"),
+    "check-decode": ("dali_fame.data.check_decode",
+                     "decode frame-stamped videos through every decoder; fail on any wrong frame"),
     "bench": ("dali_fame.bench", "run a benchmark from benchmarks/ (loader, fame, train)"),
 }
 
