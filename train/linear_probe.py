@@ -7,7 +7,7 @@ L2-normalised, and only a new linear layer trains: SGD lr 5, weight decay 0, 100
 loading must leave exactly the classifier's keys (fc.weight, fc.bias) missing and nothing
 unexpected, and after training every backbone tensor must be bit-identical to the checkpoint's
 (checked at the end; the run fails otherwise). Test protocol as finetune: 10 clips, top-1/top-5,
-per-class accuracy, confusion matrix. The loop is train/finetune.py's (same flags).
+per-class accuracy, confusion matrix. The run is dali_fame.eval.finetune.run_finetune, as for train/finetune.py (same flags).
 
 CPU demo (no arguments: built-in synthetic data, runs/demo_cpu/checkpoints of the default
 `accelerate launch train/pretrain.py`):
@@ -23,7 +23,30 @@ One GPU, UCF101 split 1, R(2+1)D pretrained on Kinetics-400:
 
 from __future__ import annotations
 
-from finetune import main  # train/ is on sys.path when this script runs
+import argparse
+from pathlib import Path
+
+from dali_fame.engine.flags import add_run_flags
+from dali_fame.eval.config import cli_overrides, load_eval_config
+from dali_fame.eval.finetune import run_finetune
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "linear_probe_demo.yaml"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_flags(p, default_config=str(DEFAULT_CONFIG), pretrained=True)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_eval_config(args.config, task="linear_probe", overrides=cli_overrides(args))
+    except ValueError as err:  # ConfigError is a ValueError
+        raise SystemExit(f"config error: {err}") from None
+    return run_finetune(cfg, pretrained_from_cli=args.pretrained is not None, resume=args.resume)
+
 
 if __name__ == "__main__":
-    raise SystemExit(main(task="linear_probe", doc=__doc__))
+    raise SystemExit(main())

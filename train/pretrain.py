@@ -19,36 +19,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import broadcast, set_seed
-from tqdm.auto import tqdm
 
 from dali_fame.augment import ClipAugment
 from dali_fame.backends import select_fame_backend
 from dali_fame.config import ConfigError, flatten, load_config, parse_override, save_config, to_dict
-from dali_fame.engine.checkpoint import (
-    TrainerState,
-    list_checkpoints,
-    load_checkpoint,
-    resolve_resume,
-    save_checkpoint,
-)
+from dali_fame.engine.checkpoint import list_checkpoints
 from dali_fame.engine.data import build_loader, load_split
 from dali_fame.engine.flags import add_run_flags
-from dali_fame.engine.monitor import (
-    MetricsLog,
-    StepTimer,
-    SummaryCSV,
-    clip_mask_grid,
-    replica_fingerprint,
-)
-from dali_fame.engine.preemption import PreemptionFlag
-from dali_fame.engine.schedule import set_lr
+from dali_fame.engine.loop import StepOutput, report_replaced, restore, train
+from dali_fame.engine.monitor import clip_mask_grid, replica_fingerprint
 from dali_fame.fame import FAME, BackgroundErasing
 from dali_fame.moco import MoCo
 from dali_fame.models import build_backbone
@@ -116,9 +101,6 @@ def main(argv=None) -> int:
     if steps_per_epoch == 0:
         raise SystemExit(f"config error: {len(split.records)} videos give no full batch of "
                          f"{local_batch} per process: lower train.batch_size")
-    total_steps = steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
 
     # --- model, debiasing, augmentation, optimizer ----------------------------------------
     fame_backend = select_fame_backend(cfg.debias.backend)
@@ -142,129 +124,61 @@ def main(argv=None) -> int:
     accelerator.unwrap_model(model).set_distributed(
         rank=rank, world_size=world, gather=accelerator.gather, broadcast=broadcast)
 
-    state = TrainerState()
-    resume_from = resolve_resume(args.resume, run_dir)
-    if resume_from is not None:
-        state, _ = load_checkpoint(accelerator, resume_from)
-        logger.info(f"resumed from {resume_from}: epoch {state.epoch}, step {state.step}", main_process_only=True)
+    state = restore(accelerator, resume=args.resume, run_dir=run_dir)
     config_dict = to_dict(cfg)
     accelerator.init_trackers("tb", config=flatten(config_dict))
-    summary = SummaryCSV(run_dir / "summary.csv") if accelerator.is_main_process else None
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl") if accelerator.is_main_process else None
     logger.info(f"{len(split.records)} videos, {steps_per_epoch} steps/epoch, {world} process(es), "
                 f"batch {cfg.train.batch_size} ({local_batch}/process), loader {loader_choice.name}, "
                 f"FAME backend {fame_backend.name} ({fame_backend.reason})", main_process_only=True)
 
-    # --- the loop ----------------------------------------------------------------------------
-    timer = StepTimer()
-    bar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process,
-               desc="pretrain", dynamic_ncols=True)
-    stop_reason = None
-    with PreemptionFlag() as preempt:
-        while state.step < total_steps and stop_reason is None:
-            loader.set_epoch(state.epoch)
-            epoch_loss = epoch_acc = 0.0
-            epoch_steps = 0
-            epoch_start = time.perf_counter()
-            for batch_idx, batch in enumerate(loader):
-                if batch_idx < state.batch_in_epoch:  # resuming mid-epoch: same batches, skipped
-                    continue
-                timer.data_ready()
-                views = batch["views"].to(accelerator.device, non_blocking=True)  # (B, V, T, H, W, 3) uint8
-                if views.shape[0] < local_batch:
-                    # a video of this batch failed to decode (reported by the loader): every rank
-                    # must contribute the same number of keys, so repeat this batch's own clips
-                    views = views[torch.arange(local_batch, device=views.device) % views.shape[0]]
-                gen = step_generator(cfg.train.seed, state.step, rank)
-                v0, v1 = views[:, 0], views[:, 1]
-                masks = None
-                if isinstance(debias, FAME):
-                    out = debias(v0, v1, generator=gen, intra=views[:, 2] if num_views == 3 else None)
-                    v0, v1, masks = out.view0, out.view1, out.mask0
-                elif debias is not None:
-                    out = debias(v0, v1, generator=gen)
-                    v0, v1 = out.view0, out.view1
-                x0, x1 = augment(v0, generator=gen), augment(v1, generator=gen)  # (B, 3, T, H, W) float
+    def moco_step(batch: dict, step: int) -> StepOutput:
+        """One MoCo forward: views uint8 (B, V, T, H, W, 3) -> debias -> augment -> loss."""
+        views = batch["views"].to(accelerator.device, non_blocking=True)
+        gen = step_generator(cfg.train.seed, step, rank)
+        v0, v1 = views[:, 0], views[:, 1]
+        masks = None
+        if isinstance(debias, FAME):
+            out = debias(v0, v1, generator=gen, intra=views[:, 2] if num_views == 3 else None)
+            v0, v1, masks = out.view0, out.view1, out.mask0
+        elif debias is not None:
+            out = debias(v0, v1, generator=gen)
+            v0, v1 = out.view0, out.view1
+        x0, x1 = augment(v0, generator=gen), augment(v1, generator=gen)  # (B, 3, T, H, W) float
+        with accelerator.autocast():
+            result = model(x0, x1)
+        if cfg.train.image_every and (step + 1) % cfg.train.image_every == 1 and accelerator.is_main_process:
+            grid = clip_mask_grid(views[0, 0], None if masks is None else masks[0], v0[0])
+            accelerator.get_tracker("tensorboard", unwrap=True).add_image("fame/clip_mask_merged", grid, step + 1)
+        return StepOutput(loss=result["loss"], metrics={"acc1": float(result["acc1"])})
 
-                lr = set_lr(optimizer, cfg.optim, state.step, steps_per_epoch=steps_per_epoch,
-                            epochs=cfg.train.epochs)
-                with accelerator.autocast():
-                    result = model(x0, x1)
-                loss = result["loss"]
-                bad = accelerator.gather(torch.tensor([float(not torch.isfinite(loss))], device=accelerator.device))
-                if bad.any():
-                    stop_reason = f"non-finite loss at step {state.step} (epoch {state.epoch}); " \
-                                  f"the last good checkpoint is kept"
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                if cfg.optim.clip_grad:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-                optimizer.step()
-                timer.step_done(local_batch * world)
-                state.step += 1
-                state.batch_in_epoch = batch_idx + 1
-                epoch_loss += loss.item()
-                epoch_acc += float(result["acc1"])
-                epoch_steps += 1
-                bar.update(1)
-
-                if state.step % cfg.train.log_every == 0 or state.step == total_steps:
-                    speed = timer.snapshot()
-                    metrics = {"train/loss": loss.item(), "train/acc1": float(result["acc1"]), "train/lr": lr,
-                               "train/clips_per_s": speed["clips_per_s"],
-                               "train/data_wait_frac": speed["data_wait_frac"]}
-                    accelerator.log(metrics, step=state.step)
-                    if metrics_log is not None:
-                        metrics_log.append(state.step, {**metrics, "epoch": state.epoch})
-                    bar.set_postfix(loss=f"{loss.item():.3f}", acc1=f"{float(result['acc1']):.1f}",
-                                    lr=f"{lr:.3g}", clips_s=f"{speed['clips_per_s']:.1f}",
-                                    wait=f"{speed['data_wait_frac']:.0%}")
-                if cfg.train.image_every and state.step % cfg.train.image_every == 1 and accelerator.is_main_process:
-                    grid = clip_mask_grid(views[0, 0], None if masks is None else masks[0], v0[0])
-                    accelerator.get_tracker("tensorboard", unwrap=True).add_image("fame/clip_mask_merged", grid, state.step)
-                if cfg.train.checkpoint_every_steps and state.step % cfg.train.checkpoint_every_steps == 0:
-                    save_checkpoint(accelerator, run_dir, state, config=config_dict, keep=cfg.train.keep_checkpoints)
-                if preempt.requested or state.step >= total_steps:
-                    break
-            else:  # the loader is exhausted (it may yield fewer batches when videos were skipped)
-                state.batch_in_epoch = steps_per_epoch
-            if stop_reason is None and state.batch_in_epoch >= steps_per_epoch:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            if summary is not None and epoch_steps:
-                summary.append({"epoch": state.epoch if state.batch_in_epoch else state.epoch - 1,
-                                "step": state.step, "loss": epoch_loss / epoch_steps,
-                                "acc1": epoch_acc / epoch_steps,
-                                "seconds": round(time.perf_counter() - epoch_start, 2),
-                                "skipped_videos": len(getattr(loader, "skipped", []))})
-            if stop_reason is None and (state.batch_in_epoch == 0 or preempt.requested or state.step >= total_steps):
-                save_checkpoint(accelerator, run_dir, state, config=config_dict, keep=cfg.train.keep_checkpoints)
-            if preempt.requested:
-                stop_reason = f"received {preempt.requested}: checkpoint saved at step {state.step}"
-    bar.close()
+    run = train(accelerator=accelerator, model=model, optimizer=optimizer, loader=loader, step_fn=moco_step,
+                   state=state, run_dir=run_dir, config=config_dict, train_cfg=cfg.train, optim_cfg=cfg.optim,
+                   global_batch=cfg.train.batch_size, desc="pretrain")
+    if not run.ok:  # the same message on every rank, then a non-zero exit everywhere
+        accelerator.end_training()
+        raise SystemExit(f"error: {run.message}")
     # every replica must hold the same weights and queue: gather a fingerprint from each rank
     prints = accelerator.gather(replica_fingerprint(accelerator.unwrap_model(model)).to(accelerator.device)[None])
     in_sync = bool((prints == prints[:1]).all())
     if accelerator.is_main_process:
         (run_dir / "replicas.json").write_text(json.dumps({"in_sync": in_sync, "fingerprints": prints.tolist()}))
-    if not in_sync:
-        logger.error(f"replicas diverged: fingerprints {prints.tolist()}", main_process_only=True)
     accelerator.end_training()
-    if stop_reason and stop_reason.startswith("non-finite"):
-        logger.error(stop_reason, main_process_only=True)
-        return 1
     if not in_sync:
-        return 1
+        raise SystemExit(f"error: replicas diverged: fingerprints {prints.tolist()}")
     if accelerator.is_main_process:
-        print(f"\n{stop_reason or 'done'}: {state.step} steps, {state.epoch} epochs")
+        print(f"\n{run.message}" if run.stop == "preempted" else f"\ndone: {run.message}")
         print(f"  run directory : {run_dir}")
         print(f"  checkpoints   : {run_dir / 'checkpoints'}")
         print(f"  summary       : {run_dir / 'summary.csv'}")
         print(f"  TensorBoard   : tensorboard --logdir {run_dir / 'tb'}")
-        print("next:")
-        print(f"  accelerate launch train/linear_probe.py --pretrained {run_dir / 'checkpoints'}")
-        print(f"  accelerate launch train/retrieval.py --pretrained {run_dir / 'checkpoints'}")
-        print(f"  accelerate launch train/finetune.py --pretrained {run_dir / 'checkpoints'}")
+        print("\n".join(report_replaced(run.replaced)) or "  replaced      : none (every video decoded)")
+        if run.stop == "preempted":
+            print(f"resume: the same command with --resume auto --output-dir {run_dir}")
+        else:
+            print("next:")
+            print(f"  accelerate launch train/linear_probe.py --pretrained {run_dir / 'checkpoints'}")
+            print(f"  accelerate launch train/retrieval.py --pretrained {run_dir / 'checkpoints'}")
+            print(f"  accelerate launch train/finetune.py --pretrained {run_dir / 'checkpoints'}")
     return 0
 
 
