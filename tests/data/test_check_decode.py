@@ -77,6 +77,15 @@ def test_dali_cpu_passes_on_vp9_and_mjpeg(stamped):
         assert results[codec].frames > 500
 
 
+@pytest.mark.cuda
+@pytest.mark.dali
+def test_dali_mixed_passes_on_every_codec(stamped):
+    videos, plan = stamped
+    results = cd.check_all(videos, plan, decoders=[_spec("dali-mixed")])
+    assert [r.status for r in results] == ["pass"] * len(cd.CODECS), [
+        cd.format_result(r) for r in results]
+
+
 class _NextFrame:
     """A broken decoder: returns frame i + 1 for frame i (the file's last frame stays)."""
 
