@@ -12,6 +12,9 @@ One GPU, Kinetics-400, R(2+1)D-18 at 112:
         --data-root /data/kinetics400
 Resume the newest checkpoint of a run:
     accelerate launch train/pretrain.py --config ... --output-dir runs/x --resume auto
+SIGTERM or SIGUSR1 to any one process (a cluster's pre-emption notice): every rank saves the same
+checkpoint and exits 0; the same command with --resume auto continues. The loop itself is
+dali_fame.engine.loop.train (shared with finetune and the linear probe).
 """
 
 from __future__ import annotations

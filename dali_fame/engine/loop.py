@@ -145,7 +145,7 @@ def restore(accelerator, *, resume: str | None, run_dir: str | Path) -> TrainerS
             return TrainerState()
         state, _ = load_checkpoint(accelerator, path)
     except ValueError as err:  # CheckpointError: damaged, missing or unloadable, in words
-        raise SystemExit(f"resume error: {err}") from None
+        raise SystemExit(str(err)) from None
     if accelerator.is_main_process:
         logger.info("resumed from %s: epoch %d, step %d", path, state.epoch, state.step)
     return state

@@ -163,7 +163,7 @@ def run_finetune(cfg: EvalConfig, *, pretrained_from_cli: bool, resume: str | No
                                    autocast=accelerator.autocast, progress=is_main,
                                    desc=f"test ({cfg.eval.num_clips} clips)")
         except Exception as err:  # a rank that fails must still meet the others before the gather
-            logger.error(f"test pass failed on rank {rank}: {type(err).__name__}: {err}")
+            logger.exception(f"test pass failed on rank {rank}", main_process_only=False)
             error = f"the test pass failed: {type(err).__name__}: {err}"
         net.train()
         error = agreed_error(accelerator, error)
