@@ -4,11 +4,17 @@ Accepted sources (``--pretrained``):
 
 * a pretraining checkpoint directory ``RUN/checkpoints/step_XXXXXXXX/`` (accelerate state:
   ``model.safetensors`` holds the MoCo state dict, ``trainer_state.json`` the run's config);
-* a run's ``checkpoints/`` directory or the run directory itself (its newest checkpoint);
+* a run's ``checkpoints/`` directory or the run directory itself (its newest checkpoint whose
+  weights verify: damaged newer ones are skipped with a warning naming the file and the fault);
 * a state-dict file ``.safetensors`` / ``.pt`` / ``.pth``: ours (MoCo keys ``encoder_q.backbone.*``
   or bare backbone keys) or torchvision-style (``stem.*``, ``layer1.*``, ..., ``fc.*``), optionally
   wrapped in ``{"state_dict": ...}`` / ``{"model": ...}`` and prefixed with ``module.``;
 * nothing: a randomly initialised backbone (the baseline).
+
+A checkpoint folder's model file is verified before it is read (size and SHA-256 recorded when it
+was written, :mod:`dali_fame.engine.checkpoint`); a damaged one raises
+:class:`~dali_fame.engine.checkpoint.CheckpointError` (a ValueError) naming the file, and a state
+dict that cannot be read raises :class:`WeightLoadError` naming it, never a bare loader traceback.
 
 What a MoCo checkpoint holds beyond the query backbone (key encoder, projection head, queue) and
 a torchvision classifier (``fc.*``) is *ignored* by design and listed as such; every other key
@@ -25,6 +31,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from dali_fame.engine.checkpoint import (
+    STATE_FILE,
+    CheckpointError,
+    check_whole,
+    list_checkpoints,
+    verify_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,27 +96,65 @@ def _short(keys: list[str], n: int = 4) -> str:
     return "[" + ", ".join(keys[:n]) + (f", ... +{len(keys) - n}" if len(keys) > n else "") + "]"
 
 
-def resolve_pretrained(path: str | Path) -> Path:
-    """A ``--pretrained`` argument -> the file or checkpoint directory to read.
+def _weight_problems(folder: Path) -> list[str]:
+    """What is wrong with the weights of a checkpoint folder (empty: they verify).
 
-    A run directory or its ``checkpoints/`` folder resolves to its newest complete checkpoint.
-    Raises ValueError when nothing loadable is there.
+    Only what an evaluation reads is checked: the model file(s) against the sizes and SHA-256
+    recorded in ``trainer_state.json`` (a missing optimizer does not matter here), or, for a
+    folder without that record, their structure (:func:`~dali_fame.engine.checkpoint.check_whole`).
     """
-    from dali_fame.engine.checkpoint import list_checkpoints
+    if folder.name.endswith(".tmp"):
+        return [f"{folder.name} is an interrupted save (never renamed)"]
+    if (folder / STATE_FILE).is_file():
+        return verify_checkpoint(folder, only=STATE_FILES)
+    return [f"{name} {fault}" for name in STATE_FILES
+            if (folder / name).is_file() and (fault := check_whole(folder / name))]
 
+
+def find_pretrained(path: str | Path) -> tuple[Path, list[str]]:
+    """A ``--pretrained`` argument -> ``(file or checkpoint folder to read, warnings)``.
+
+    A checkpoint folder must verify (its model file whole, of the recorded size and checksum). A
+    run directory or its ``checkpoints/`` folder resolves to its newest checkpoint whose weights
+    verify; each newer damaged one is skipped with a warning naming the file and the fault.
+    Raises :class:`~dali_fame.engine.checkpoint.CheckpointError` (a ValueError) for a damaged
+    folder or when no checkpoint of a run verifies, ValueError when nothing loadable is there.
+    """
     p = Path(path)
     if p.is_file():
-        return p
+        return p, []
     if not p.is_dir():
         raise ValueError(f"--pretrained {str(path)!r} does not exist")
-    if any((p / name).is_file() for name in STATE_FILES):
-        return p
+    if (p / STATE_FILE).is_file() or any((p / name).is_file() for name in STATE_FILES):
+        problems = _weight_problems(p)
+        if problems:
+            raise CheckpointError(f"--pretrained {str(path)!r} is damaged: {'; '.join(problems)} "
+                                  f"(pass another checkpoint, or the run's checkpoints/ folder for "
+                                  f"the newest that verifies)")
+        return p, []
     for run_dir in (p.parent, p) if p.name == "checkpoints" else (p,):
         found = list_checkpoints(run_dir)
+        notes = []
+        for ckpt in reversed(found):
+            problems = _weight_problems(ckpt)
+            if not problems:
+                if notes:
+                    notes.append(f"using {ckpt} instead, the newest checkpoint whose weights verify")
+                return ckpt, notes
+            notes.append(f"skipping checkpoint {ckpt}: {'; '.join(problems)}")
         if found:
-            return found[-1]
+            raise CheckpointError(f"--pretrained {str(path)!r}: no checkpoint in it verifies "
+                                  f"({'; '.join(notes)})")
     raise ValueError(f"--pretrained {str(path)!r}: no checkpoint in it (expected a step_XXXXXXXX "
                      f"folder with {STATE_FILES[0]}, a run's checkpoints/ folder, or a state-dict file)")
+
+
+def resolve_pretrained(path: str | Path) -> Path:
+    """:func:`find_pretrained`'s path; its warnings (skipped damaged checkpoints) are logged."""
+    found, notes = find_pretrained(path)
+    for note in notes:
+        logger.warning(note)
+    return found
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -114,19 +166,27 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | N
     p = Path(path)
     config = None
     if p.is_dir():
-        meta = p / "trainer_state.json"
+        meta = p / STATE_FILE
         if meta.is_file():
             config = json.loads(meta.read_text()).get("config")
         files = [p / name for name in STATE_FILES if (p / name).is_file()]
         if not files:
             raise ValueError(f"checkpoint {str(p)!r} holds none of {', '.join(STATE_FILES)}")
         p = files[0]
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    fault = check_whole(p)
+    if fault:
+        raise WeightLoadError(f"{p} {fault}: the file is damaged")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(p), device="cpu")
-    else:
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
+            state = load_file(str(p), device="cpu")
+        else:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as err:  # SafetensorError, UnpicklingError, EOFError, ...: say which file
+        raise WeightLoadError(f"{p} cannot be read ({type(err).__name__}: {err}): the file is "
+                              f"damaged or not a checkpoint") from err
+    if p.suffix != ".safetensors":
         for wrapper in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
                 state = state[wrapper]
@@ -263,7 +323,8 @@ def choose_checkpoint(value: str | None, *, from_cli: bool) -> tuple[Path | None
         return None, (f"pretrained checkpoint {value!r} (from the config) not found: evaluating a "
                       f"RANDOMLY INITIALISED backbone (run `accelerate launch train/pretrain.py` "
                       f"first, or pass --pretrained)")
-    return resolve_pretrained(value), None
+    found, notes = find_pretrained(value)
+    return found, "; ".join(notes) or None
 
 
 def read_checkpoint_config(path: str | Path | None) -> dict | None:

@@ -204,3 +204,68 @@ def test_the_check_catches_a_backbone_that_trained():
     _train_steps(model, steps=1)
     with pytest.raises(BackboneChangedError):
         assert_unchanged(model.backbone, reference)
+
+
+def _record_files(step_dir) -> None:
+    """Add the file record save_checkpoint writes (sizes and SHA-256) to a hand-made checkpoint."""
+    import hashlib
+
+    meta = step_dir / "trainer_state.json"
+    payload = json.loads(meta.read_text())
+    payload["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                        for p in step_dir.iterdir() if p.name != "trainer_state.json"}
+    meta.write_text(json.dumps(payload))
+
+
+def _safetensors_size(state: dict) -> int:
+    from safetensors.torch import save
+
+    return len(save({k: v.contiguous() for k, v in state.items()}))
+
+
+def test_a_damaged_pretrained_checkpoint_is_skipped_or_refused_naming_the_file(tmp_path):
+    from dali_fame.engine.checkpoint import CheckpointError
+    from dali_fame.eval.weights import find_pretrained
+
+    run = tmp_path / "run"
+    state = _moco().state_dict()
+    good, bad = run / "checkpoints" / "step_00000002", run / "checkpoints" / "step_00000004"
+    for step_dir in (good, bad):
+        _save_checkpoint(step_dir, state)
+        torch.save({"state": {}}, step_dir / "optimizer.bin")
+        _record_files(step_dir)
+    (good / "optimizer.bin").unlink()  # what an evaluation does not read does not matter to it
+    model = bad / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:500])
+    found, notes = find_pretrained(run / "checkpoints")
+    assert found == good
+    assert notes[0] == f"skipping checkpoint {bad}: model.safetensors is 500 bytes, " \
+                       f"{_safetensors_size(state)} were written (truncated)"
+    ckpt, warning = choose_checkpoint(str(run), from_cli=True)
+    assert ckpt == good and f"using {good} instead" in warning
+    with pytest.raises(CheckpointError, match=r"step_00000004' is damaged: model\.safetensors is 500 bytes"):
+        choose_checkpoint(str(bad), from_cli=True)
+    with pytest.raises(CheckpointError, match="step_00000004' is damaged"):
+        choose_checkpoint(str(bad), from_cli=False)  # it exists: no quiet random-init fallback
+    (good / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no checkpoint in it verifies"):
+        resolve_pretrained(run)
+
+
+def test_a_damaged_state_dict_file_is_a_weights_error_naming_it(tmp_path):
+    state = {k: v.contiguous() for k, v in _moco().state_dict().items()}
+    cut = tmp_path / "cut.safetensors"
+    save_file(state, str(cut))
+    cut.write_bytes(cut.read_bytes()[:300])
+    with pytest.raises(WeightLoadError, match=r"cut\.safetensors is 300 bytes but its header"):
+        load_pretrained(_classifier(), cut)
+    pt = tmp_path / "cut.pt"
+    torch.save(state, pt)
+    pt.write_bytes(pt.read_bytes()[:300])
+    with pytest.raises(WeightLoadError, match=r"cut\.pt is not a whole zip archive"):
+        load_pretrained(_classifier(), pt)
+    legacy = tmp_path / "legacy" / "step_00000001"  # no file record: the structural check still runs
+    _save_checkpoint(legacy, state)
+    (legacy / "model.safetensors").write_bytes((legacy / "model.safetensors").read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"model\.safetensors is 300 bytes"):
+        resolve_pretrained(legacy)
