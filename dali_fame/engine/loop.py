@@ -274,17 +274,19 @@ def train(
                 timer.data_ready()
                 votes = agree(accelerator, preempt=preempt.signum, data_error=data_error is not None,
                               step=state.step, steps_per_epoch=steps_per_epoch)
-                if votes["data_error"].any():
-                    stop, message = "data_error", agreed_error(accelerator, data_error)
-                    break
                 if (votes["step"] != state.step).any() or (votes["steps_per_epoch"] != steps_per_epoch).any():
                     stop = "data_error"
                     message = (f"ranks disagree on the step {votes['step'].tolist()} or the loader length "
                                f"{votes['steps_per_epoch'].tolist()}: every rank must yield len(loader) batches")
                     break
                 if votes["preempt"].any():
+                    # before a loader failure: a job-wide SIGTERM also kills DataLoader workers,
+                    # and the state is still that of the last whole step, so saving is sound
                     checkpoint()
                     stop, message = "preempted", _preempt_message(votes["preempt"], state.step)
+                    break
+                if votes["data_error"].any():
+                    stop, message = "data_error", agreed_error(accelerator, data_error)
                     break
 
                 lr = set_lr(optimizer, optim_cfg, state.step, steps_per_epoch=steps_per_epoch,

@@ -117,13 +117,18 @@ def test_max_steps_mid_epoch_saves_and_resume_starts_at_the_next_batch(accelerat
     assert second.state.step == 6 and _steps(tmp_path) == [1, 2, 3, 4, 5, 6]
 
 
-def test_a_signal_stops_at_the_next_step_with_a_checkpoint(accelerator, tmp_path):
+@pytest.mark.parametrize("loader", [
+    ScriptedLoader(),
+    # a job-wide SIGTERM also kills DataLoader workers: the signal wins over the loader's error
+    ScriptedLoader(fail={(0, 2): RuntimeError("DataLoader worker (pid 1234) is killed by signal: Terminated")}),
+], ids=["clean", "loader-killed-too"])
+def test_a_signal_stops_at_the_next_step_with_a_checkpoint(accelerator, tmp_path, loader):
     def step_fn(model, batch, step):
         if step == 1:
             os.kill(os.getpid(), signal.SIGUSR1)
         return StepOutput(loss=model(batch["x"]).pow(2).mean())
 
-    result = _run(accelerator, tmp_path, ScriptedLoader(), step_fn=step_fn)
+    result = _run(accelerator, tmp_path, loader, step_fn=step_fn)
     assert result.ok and result.stop == "preempted"
     assert result.message == "received SIGUSR1: checkpoint saved at step 2 (signalled: rank 0)"
     assert result.state == TrainerState(epoch=0, batch_in_epoch=2, step=2)
