@@ -1,1 +1,2 @@
-"""Training-loop pieces shared by pretraining and the evaluations: schedules, checkpoints, logging."""
+"""Training-loop pieces shared by pretraining and the evaluations: the loop itself (loop.py),
+schedules, checkpoints, pre-emption, logging."""
