@@ -1,49 +1,72 @@
-"""DALI clip pipeline: the CPU loader's semantics with DALI's video decoder.
+"""DALI clip pipeline: the CPU loader's batches, decoded by DALI, fed off the training thread.
 
-One ``@pipeline_def`` (:func:`clip_pipeline`): a Python external source feeds, per video, the
-encoded file bytes, the sampler's frame indices for all views, and each view's crop window and
-flip (drawn by :func:`~dali_fame.data.cpu_loader.plan_sample`, the very function the CPU loader
-uses); ``fn.decoders.video`` decodes exactly those frames (``device="mixed"`` on a GPU: NVDEC
-for H.264/HEVC/VP9/AV1; ``"cpu"`` otherwise: VP9, VP8 and MJPEG only); per view, ``fn.slice`` cuts the crop box,
-``fn.resize`` resizes it (bilinear, antialiased) and ``fn.flip`` mirrors it, one draw per clip
-for all its frames. (``fn.resize``'s own ROI would read pixels outside the box for the filter
-support; slicing first keeps the result equal to the CPU loader's crop-then-resize.)
+One ``@pipeline_def`` (:func:`clip_pipeline`). Per batch, Python hands DALI only small arrays
+(:class:`ClipSource`): each video's file path (as bytes) and its plan, drawn by
+:func:`~dali_fame.data.plan.plan_sample` (the very function the CPU loader uses): the sorted
+unique frame indices of all its views, each view's positions into them, and each view's crop
+box and flip. Everything heavy runs in DALI's own threads (``num_threads``, from
+``data.workers``):
 
-So for the same seed both loaders decode the same frames and use the same crop boxes: with
-``crop=None`` the clips are bit-identical to the CPU loader's (DALI's CPU decoder converts
-YUV->RGB like :func:`dali_fame.data.video_io.read_frames`); with a crop they differ only by the
-resampling arithmetic of the resize (torch vs DALI: mean abs difference < 0.3 on 0..255,
-99.9 % of values within 1, see tests/data/test_dali_pipeline.py).
+* ``fn.io.file.read`` reads the file;
+* ``fn.decoders.video`` decodes the unique frames in one forward pass (``device="mixed"`` on a
+  GPU: NVDEC for H.264/HEVC/VP9/AV1; ``"cpu"`` otherwise: VP9, VP8 and MJPEG only), with
+  ``pad_mode="none"`` so that a frame past the end of a truncated file is an error instead of
+  a silently padded black frame;
+* per view, the crop: on the GPU (``device="gpu"``), ``fn.sequence_rearrange`` gathers the
+  view's frames out of the decoded ones (a later view may start earlier: the decoder never
+  seeks back), ``fn.slice`` cuts the crop box, ``fn.resize`` resizes it (bilinear,
+  antialiased) and ``fn.flip`` mirrors it, one draw per clip for all its frames
+  (``fn.resize``'s own ROI would read pixels outside the box for the filter support; slicing
+  first keeps the result equal to the CPU loader's crop-then-resize). On the CPU backend a
+  ``fn.python_function`` run by DALI's executor does the same with the CPU loader's own torch
+  code (:func:`_crop_views_on_host`): DALI's CPU resize alone cost more than decoding.
 
-The trainer sees :class:`DaliClipLoader`: ``__len__``, ``set_epoch`` and the CPU loader's batch
-dict (``views`` uint8 ``(B, V, T, crop, crop, 3)``, ``labels`` int64 ``(B,)``, ``index`` int64
-``(B,)``), on the GPU for ``device="gpu"``. It is never passed to ``accelerator.prepare``: it
-shards itself (``shard_id`` = global rank, ``num_shards`` = world size, ``device_id`` = local
-rank), which Accelerate could not do for it.
+So for the same seed both loaders decode the same frames and use the same crop boxes. On the
+CPU backend the clips are bit-identical to the CPU loader's (DALI's CPU decoder converts
+YUV->RGB like :func:`dali_fame.data.video_io.read_frames`, and the crops are the same torch
+code); DALI's own resize (the GPU graph) differs from torch's only by its resampling
+arithmetic (mean abs difference < 0.5 on 0..255, 99.9 % of values within 2, measured with the
+GPU graph's ops on the CPU backend in tests/data/test_dali_pipeline.py), and NVDEC's colour
+conversion adds its own small differences.
 
-Unreadable files: the source checks each file before feeding it (readable, non-empty, a video
-stream in the container) and drops a bad one from its batch with a logged warning; if DALI still
-fails on a batch (it raises for the whole batch), that batch is dropped, its files are checked
-with PyAV to name the culprit, every dropped file is logged and counted, and the run goes on.
-DALI's CPU decoder can return wrong frames for some damaged (e.g. truncated) files without an
-error: the index (``dali-fame index``) must catch those before training.
+The trainer sees :class:`DaliClipLoader`: ``__len__``, ``set_epoch(epoch, start_batch=0)`` and
+the CPU loader's batch dict (``views`` uint8 ``(B, V, T, crop, crop, 3)``, ``labels`` int64
+``(B,)``, ``index`` int64 ``(B,)``), on the GPU for ``device="gpu"``. It is never passed to
+``accelerator.prepare``: it shards itself (``shard_id`` = global rank, ``num_shards`` = world
+size, ``device_id`` = local rank), which Accelerate could not do for it.
+
+Videos that fail at feed or decode time (see :mod:`dali_fame.data.ledger`; the index validated
+every file, but files go bad during a run) are replaced exactly as the CPU loader replaces
+them: by the first video of :func:`~dali_fame.data.ledger.substitute_candidates` that loads.
+DALI fails a whole batch at once, so the loader then decodes that batch's videos one by one in
+a small probe pipeline (same graph, batch size 1), replaces the ones that fail, and yields the
+batch in its place: every rank yields exactly ``len(loader)`` full batches per epoch (fewer
+only from ``start_batch``), the same batches as the CPU loader. Each bad file is warned about
+once and never fed again; ``loader.stats`` counts ``visited == delivered + replaced``; when no
+video of the shard is left to stand in, iterating raises
+:class:`~dali_fame.data.ledger.NoHealthyVideoError`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import io
+import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from dali_fame.data.cpu_loader import SkippedVideo
-from dali_fame.data.frame_decoder import FrameDecoder
+from dali_fame.data.ledger import (
+    FailedVideo,
+    NoHealthyVideoError,
+    VideoLedger,
+    substitute_candidates,
+)
 from dali_fame.data.plan import MODES, plan_sample
+from dali_fame.data.sampler import is_short
 from dali_fame.data.shard import ShardBatchSampler
 
 if TYPE_CHECKING:
@@ -53,56 +76,106 @@ logger = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "gpu")
 
+#: How many failed paths the NoHealthyVideoError message names (as the CPU loader).
+_NAMED_FAILURES = 5
 
-def _check_encoded(path: str, frames_needed: int) -> tuple[np.ndarray | None, str | None]:
-    """Read a file and check it before DALI sees it: non-empty, opens as a container with a
-    video stream, and holds at least ``frames_needed`` video packets (demuxed, not decoded:
-    DALI silently returns wrong frames past the end of a truncated file).
+# Why the file bytes are read by ``fn.io.file.read`` in DALI's C++ threads rather than by a
+# parallel external source (``parallel=True``, Python worker processes):
+# * the file bytes never pass through Python: no GIL, no copy into the external source's
+#   buffers, no shared-memory chunks sized for the largest video of a batch (video files vary
+#   from kB to hundreds of MB), no worker processes to start, pickle the records into, or
+#   lose (a worker that dies takes the pipeline with it);
+# * the reads run in the same pool as the decoder (``num_threads``), overlapped with the
+#   decoding of the prefetched batches, from a memory-mapped file;
+# * what stays on the training thread is the plan, a pure numpy function of (seed, epoch,
+#   video): ~0.1 ms per video, ~1 ms per batch of 8 (see ``ClipSource``), and it keeps the
+#   batch order, the substitutes and the ledger in one process, where the trainer can see them.
+# A parallel source would only pay off for a plan that costs more than the decode; it does not.
+
+
+def _dali_reason(error: BaseException) -> str:
+    """The useful line of a DALI error ("Error in CPU operator `X` ... encountered: <why>").
 
     Returns:
-        ``(bytes uint8 (N,), None)`` or ``(None, reason)``.
+        ``"DALI <operator>: <why>"`` (or the error's first line when it has another shape).
     """
-    import av
-
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        return None, f"cannot read: {exc}"
-    if data.size == 0:
-        return None, "empty file (0 bytes)"
-    try:
-        with av.open(io.BytesIO(data.tobytes()), mode="r") as container:
-            if not container.streams.video:
-                return None, "no video stream"
-            packets = 0
-            for packet in container.demux(container.streams.video[0]):
-                packets += packet.size > 0
-                if packets >= frames_needed:
-                    break
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        return None, f"cannot open: {exc}"
-    if packets < frames_needed:
-        return None, f"truncated: frame {frames_needed - 1} needed, {packets} frames in the file"
-    return data, None
+    text = str(error).strip()
+    operator = ""
+    for line in text.splitlines():
+        if line.startswith("Error in ") and "operator `" in line:
+            operator = line.split("`")[1].removeprefix("nvidia.dali.fn.")
+    if "encountered:" in text:
+        why = [line.strip() for line in text.rsplit("encountered:", 1)[1].splitlines()]
+        why = [line for line in why if line and not line.startswith(("C++ context",
+                                                                     "Current pipeline"))]
+        if why:
+            return f"DALI {operator}: {why[0]}" if operator else f"DALI: {why[0]}"
+    return text.splitlines()[0] if text else type(error).__name__
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class SampleFeed:
+    """The arrays DALI receives for one video (one sample of a batch).
+
+    Attributes:
+        path: uint8 ``(L,)`` the file path, UTF-8 (what ``fn.io.file.read`` takes).
+        frames: int32 ``(U,)`` the sorted unique frame numbers of all views (decoded in one
+            pass, in this order).
+        order: int32 ``(V, T)`` view ``v``'s frame ``t`` is ``frames[order[v, t]]``.
+        extra: with a crop, float32 ``(V, 5)`` ``(y, x, h, w, flip)`` per view in source pixels;
+            without one, int32 ``(V,)`` the flip flags.
+    """
+
+    path: np.ndarray
+    frames: np.ndarray
+    order: np.ndarray
+    extra: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+    """One place of a batch: the shard position it stands for and the video fed there."""
+
+    position: int  # place in the rank's shard (seeds the substitutes)
+    own: int  # the video the sampler scheduled there
+    video: int  # the video fed (``own``, or a substitute when ``own`` is known to fail)
+    feed: SampleFeed
+
+    @property
+    def replaced(self) -> bool:
+        return self.video != self.own
+
+
+@dataclasses.dataclass(frozen=True)
 class _FedBatch:
     epoch: int
-    indices: list[int]  # video indices fed, in sample order
-    paths: list[str]
+    positions: np.ndarray  # int64 (B,) shard positions, in batch order
+    slots: tuple[_Slot, ...]
 
 
 class ClipSource:
-    """The external source: one call returns one batch (lists, one entry per video).
+    """The external source: one call returns one batch's feed (lists, one entry per video).
 
-    Three outputs per video: encoded bytes uint8 ``(N,)``; frame indices int32 ``(V * T,)``
-    (view major); then, with a crop, the boxes float32 ``(V, 5)`` as ``(y, x, h, w, flip)`` in
-    source pixels, or without one, the flip flags int32 ``(V,)``. Raises StopIteration at the
+    Four outputs per video, see :class:`SampleFeed`: the path bytes, the unique frame indices,
+    the views' positions into them, and the crop boxes / flips. No file is opened here:
+    ``fn.io.file.read`` and the decoder do that in DALI's threads. Raises StopIteration at the
     end of the epoch.
 
-    Files that fail the pre-check are recorded in :attr:`skipped_now` and left out of the batch;
-    a batch whose files all fail is skipped whole.
+    A video the ledger knows to fail (or whose plan cannot be drawn) is not fed: its place gets
+    the first substitute of :func:`substitute_candidates` not known to fail (the one the CPU
+    loader would use if that one loads; when it does not, the loader's probe finds the next).
+    Each fed batch is remembered in :attr:`fed` until the loader takes its output.
+
+    Standalone use (timing the feed): ``ClipSource(records, sampler, plan_kwargs=...)``,
+    ``.start_epoch(epoch)``, then each ``()`` returns one batch.
+
+    Args:
+        records: the videos (``records[i]`` is video ``i``).
+        sampler: this rank's batch order.
+        plan_kwargs: :func:`~dali_fame.data.plan.plan_sample`'s keyword arguments (``seed``,
+            ``mode``, ``num_views``, ``clip_len``, ``stride``, ``eval_clips``, ``crop``,
+            ``flip``).
+        ledger: where failures are recorded (a new one by default).
     """
 
     def __init__(
@@ -111,67 +184,183 @@ class ClipSource:
         sampler: ShardBatchSampler,
         *,
         plan_kwargs: dict[str, Any],
+        ledger: VideoLedger | None = None,
     ) -> None:
         self.records = list(records)
         self.sampler = sampler
-        self.plan_kwargs = plan_kwargs
+        self.plan_kwargs = dict(plan_kwargs)
+        self.ledger = ledger if ledger is not None else VideoLedger()
         self.fed: collections.deque[_FedBatch] = collections.deque()
-        self.skipped_now: list[SkippedVideo] = []
-        self._batches: collections.deque[np.ndarray] = collections.deque()
+        self._pending: collections.deque[np.ndarray] = collections.deque()
         self._epoch = 0
+        self._shard = np.zeros(0, dtype=np.int64)
 
-    def start_epoch(self, epoch: int) -> None:
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def shard(self) -> np.ndarray:
+        """int64 ``(n,)`` this epoch's whole shard (``ShardBatchSampler.shard()``)."""
+        return self._shard
+
+    def start_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_batch=start_batch)
         self._epoch = int(epoch)
-        self.sampler.set_epoch(epoch)
-        shard = self.sampler.shard()
-        self._batches = collections.deque(shard[p] for p in self.sampler.batches())
+        self._shard = self.sampler.shard()
+        self._pending = collections.deque(self.sampler.batches())
+        self.fed.clear()
 
     def stop(self) -> None:
-        """Feed nothing more this epoch (used to drain an epoch left unfinished)."""
-        self._batches.clear()
+        """Feed nothing more this epoch."""
+        self._pending.clear()
+        self.fed.clear()
 
-    def __call__(self):
-        while self._batches:
-            batch = self._batches.popleft()
-            encoded, frames, extra = [], [], []
-            fed = _FedBatch(self._epoch, [], [])
-            for video_index in batch.tolist():
-                record = self.records[video_index]
-                data = plan = None
+    def requeue(self) -> None:
+        """Put the batches fed but not yet taken back in front, in order (the pipeline that
+        held them is gone); they are planned again, so newly known failures are replaced."""
+        self._pending.extendleft(reversed([fed.positions for fed in self.fed]))
+        self.fed.clear()
+
+    def sample_feed(self, video_index: int) -> SampleFeed:
+        """Plan video ``video_index`` for this epoch.
+
+        Raises:
+            ValueError: the plan cannot be drawn (e.g. a record with no frames).
+        """
+        record = self.records[video_index]
+        plan = plan_sample(record, video_index=video_index, epoch=self._epoch,
+                           **self.plan_kwargs)
+        unique, inverse = np.unique(plan.frame_indices.reshape(-1), return_inverse=True)
+        views = plan.frame_indices.shape[0]
+        if self.plan_kwargs.get("crop") is None:
+            extra = np.array([bool(w and w.flip) for w in plan.windows], dtype=np.int32)
+        else:
+            extra = np.array([(w.y, w.x, w.h, w.w, float(w.flip)) for w in plan.windows],
+                             dtype=np.float32)
+        return SampleFeed(
+            np.frombuffer(record.path.encode("utf-8"), dtype=np.uint8),
+            unique.astype(np.int32),
+            inverse.reshape(views, -1).astype(np.int32),
+            extra,
+        )
+
+    def fail(self, video_index: int, reason: str) -> None:
+        """Record that video ``video_index`` failed this epoch (warned once per file)."""
+        self.ledger.fail(FailedVideo(video_index, self.records[video_index].path, reason,
+                                     self._epoch))
+
+    def candidates(self, position: int) -> Iterator[int]:
+        """The substitutes for shard ``position``, in order, skipping known failures."""
+        bad = self.ledger.bad_indices
+        order = substitute_candidates(self._shard, seed=self.plan_kwargs["seed"],
+                                      epoch=self._epoch, position=position)
+        for video in order.tolist():
+            if video not in bad:
+                yield video
+                bad = self.ledger.bad_indices  # a candidate may have failed meanwhile
+
+    def no_healthy(self, position: int) -> NoHealthyVideoError:
+        """The error when nothing of the shard can stand in for ``position`` any more."""
+        own = int(self._shard[position])
+        shard = set(self._shard.tolist())
+        failed: dict[int, FailedVideo] = {}
+        for item in self.ledger.failures:
+            if item.index in shard:
+                failed.setdefault(item.index, item)
+        named = ", ".join(f.path for f in list(failed.values())[:_NAMED_FAILURES])
+        more = len(failed) - _NAMED_FAILURES
+        first = next(iter(failed.values()), None)
+        return NoHealthyVideoError(
+            f"rank {self.sampler.rank} of {self.sampler.world_size}, epoch {self._epoch}: "
+            f"video {own} failed to load and no video of this rank's shard can replace it: "
+            f"{len(failed)} of its {len(self._shard)} videos failed: {named}"
+            + (f" and {more} more" if more > 0 else "")
+            + (f" (first error: {first.reason})" if first else "")
+        )
+
+    def _slot(self, position: int, bad: set[int]) -> _Slot:
+        own = video = int(self._shard[position])
+        candidates: Iterator[int] | None = None
+        while True:
+            if video not in bad:
                 try:
-                    plan = plan_sample(record, video_index=video_index, epoch=self._epoch,
-                                       **self.plan_kwargs)
-                    data, reason = _check_encoded(record.path, int(plan.frame_indices.max()) + 1)
+                    return _Slot(position, own, video, self.sample_feed(video))
                 except ValueError as exc:
-                    reason = str(exc)
-                if data is None:
-                    self.skipped_now.append(
-                        SkippedVideo(video_index, record.path, str(reason), self._epoch)
-                    )
-                    continue
-                views = plan.frame_indices.shape[0]
-                roi = np.zeros((views, 5), np.float32)
-                flip = np.zeros((views,), np.int32)
-                for v, window in enumerate(plan.windows):
-                    if window is None:
-                        continue
-                    roi[v] = (window.y, window.x, window.h, window.w, float(window.flip))
-                    flip[v] = int(window.flip)
-                encoded.append(data)
-                frames.append(plan.frame_indices.reshape(-1).astype(np.int32))
-                extra.append(flip if self.plan_kwargs["crop"] is None else roi)
-                fed.indices.append(video_index)
-                fed.paths.append(record.path)
-            if fed.indices:
-                self.fed.append(fed)
-                return encoded, frames, extra
-        raise StopIteration
+                    self.fail(video, f"cannot plan its clips: {exc}")
+                    bad = self.ledger.bad_indices
+            if candidates is None:
+                candidates = self.candidates(position)
+            video = next(candidates, None)
+            if video is None:
+                raise self.no_healthy(position)
+
+    def __call__(self) -> tuple[list[np.ndarray], ...]:
+        if not self._pending:
+            raise StopIteration
+        positions = self._pending.popleft()
+        bad = self.ledger.bad_indices
+        slots = tuple(self._slot(int(p), bad) for p in positions)
+        self.fed.append(_FedBatch(self._epoch, positions, slots))
+        return ([s.feed.path for s in slots], [s.feed.frames for s in slots],
+                [s.feed.order for s in slots], [s.feed.extra for s in slots])
+
+
+class _ProbeSource:
+    """The probe pipeline's source: the one sample put there before each run."""
+
+    def __init__(self) -> None:
+        self.item: SampleFeed | None = None
+
+    def __call__(self) -> tuple[list[np.ndarray], ...]:
+        item = self.item
+        if item is None:
+            raise StopIteration
+        return [item.path], [item.frames], [item.order], [item.extra]
+
+
+def _crop_views_on_host(video: np.ndarray, order: np.ndarray, boxes: np.ndarray, *,
+                        size: int) -> np.ndarray:
+    """The views of one video on the CPU backend (a ``fn.python_function`` body, run by DALI's
+    executor; torch's kernels release the GIL).
+
+    Args:
+        video: uint8 ``(U, H, W, 3)`` the decoded unique frames.
+        order: int32 ``(V, T)`` view ``v``'s frame ``t`` is ``video[order[v, t]]``.
+        boxes: float32 ``(V, 5)`` ``(y, x, h, w, flip)`` per view, source pixels.
+        size: output side.
+
+    Returns:
+        uint8 ``(V, T, size, size, 3)``: each view gathered, cropped to its box, resized and
+        flipped by the CPU loader's own :func:`~dali_fame.data.cpu_loader.crop_resize_flip`.
+    """
+    from dali_fame.data.cpu_loader import crop_resize_flip
+    from dali_fame.data.plan import CropWindow
+
+    out = np.empty((*order.shape, size, size, 3), dtype=np.uint8)
+    for v in range(order.shape[0]):
+        y, x, h, w = (int(b) for b in boxes[v, :4])
+        # Gather only the box of each frame (one copy), then resize it as the CPU loader does.
+        box = video[order[v], y : y + h, x : x + w]
+        out[v] = crop_resize_flip(box, CropWindow(0, 0, h, w, bool(boxes[v, 4])), size).numpy()
+    return out
 
 
 def clip_pipeline_fn(
-    source: ClipSource, *, num_views: int, clip_len: int, crop: int | None, device: str
+    source: Callable[[], Any], *, num_views: int, clip_len: int, crop: int | None, device: str,
+    build_index: bool = True, torch_crops: bool | None = None,
 ):
     """The graph of :func:`clip_pipeline` (undecorated, for reading and testing).
+
+    Args:
+        source: a batch callable returning :class:`SampleFeed`'s four arrays as four lists.
+        num_views: ``V``; clip_len: ``T``.
+        crop: output side, or None for full frames (flip only).
+        device: ``"gpu"`` decodes with ``device="mixed"`` and runs the rest on the GPU.
+        build_index: ``fn.decoders.video``'s frame index (faster seeks, one demux pass).
+        torch_crops: crop, resize and flip with torch in a ``fn.python_function``
+            (:func:`_crop_views_on_host`) instead of DALI's ops; default: on ``device="cpu"``
+            (``False`` there runs the GPU graph's ops on the CPU backend, for tests).
 
     Returns:
         One DataNode: uint8 ``(V, T, crop, crop, 3)`` per sample, layout ``"VFHWC"`` (full
@@ -179,16 +368,37 @@ def clip_pipeline_fn(
     """
     from nvidia.dali import fn, types
 
-    encoded, frames, extra = fn.external_source(
-        source=source, num_outputs=3, batch=True,
-        dtype=[types.UINT8, types.INT32, types.INT32 if crop is None else types.FLOAT],
+    paths, frames, order, extra = fn.external_source(
+        source=source, num_outputs=4, batch=True,
+        dtype=[types.UINT8, types.INT32, types.INT32,
+               types.INT32 if crop is None else types.FLOAT],
     )
+    encoded = fn.io.file.read(paths)
+    # pad_mode="none": a requested frame past the end of the stream (a file cut short after
+    # indexing) raises, where the default pads with black frames. The op's help says pad_mode
+    # is "not relevant when using frames"; it is (DALI 2.4, tested with a truncated file).
     video = fn.decoders.video(
-        encoded, frames=frames, device="mixed" if device == "gpu" else "cpu"
+        encoded, frames=frames, pad_mode="none", build_index=build_index,
+        device="mixed" if device == "gpu" else "cpu",
     )
+    if torch_crops is None:
+        torch_crops = device == "cpu"
+    if torch_crops and device == "gpu":
+        raise ValueError("torch_crops runs on the CPU backend only")
+    if torch_crops and crop is not None:
+        # DALI's CPU resize costs ~3.3 ms of CPU per 16-frame 112 x 112 clip, torch's uint8
+        # antialiased kernel ~0.5 ms (and the slice, flip and stack copies go too): with DALI's
+        # ops the crops took as long as decoding. torch also makes the clips bit-identical to
+        # the CPU loader's. (On the GPU, DALI's own kernels below are the fast path.)
+        return fn.python_function(
+            video, order, extra, function=functools.partial(_crop_views_on_host, size=crop),
+            output_layouts="VFHWC",
+        )
     views = []
     for v in range(num_views):
-        clip = video[v * clip_len : (v + 1) * clip_len]
+        # order[v] is a CPU argument input (T,) per sample; sequence_rearrange takes it on
+        # both backends and copies just this view's frames out of the decoded ones.
+        clip = fn.sequence_rearrange(video, new_order=order[v])
         if crop is None:
             clip = fn.flip(clip, horizontal=extra[v], vertical=0)
         else:
@@ -201,55 +411,87 @@ def clip_pipeline_fn(
     return fn.stack(*views, axis=0, axis_name="V")
 
 
-def clip_pipeline(source: ClipSource, *, num_views: int, clip_len: int, crop: int | None,
-                  device: str, **pipeline_kwargs):
+def clip_pipeline(source: Callable[[], Any], *, num_views: int, clip_len: int,
+                  crop: int | None, device: str, build_index: bool = True,
+                  torch_crops: bool | None = None, **pipeline_kwargs):
     """Instantiate the ``@pipeline_def`` pipeline (``pipeline_kwargs``: batch_size,
     num_threads, device_id, prefetch_queue_depth, seed, ...)."""
     from nvidia.dali import pipeline_def
 
     defined = pipeline_def(clip_pipeline_fn)
     return defined(source, num_views=num_views, clip_len=clip_len, crop=crop, device=device,
-                   **pipeline_kwargs)
+                   build_index=build_index, torch_crops=torch_crops, **pipeline_kwargs)
 
 
 class DaliClipLoader:
     """Iterates the DALI pipeline as plain torch batches (same dict as the CPU loader).
 
+    Iterating yields ``dict(views=uint8 (B, V, T, crop, crop, 3), labels=int64 (B,),
+    index=int64 (B,))`` (on ``cuda:device_id`` for ``device="gpu"``), exactly
+    ``len(loader) - start_batch`` batches per epoch, every place filled (a failed video's place
+    holds its substitute, under the substitute's index and label).
+
+    When DALI raises for a batch, the batch is decoded again video by video in a probe
+    pipeline (same graph, batch size 1, built on first need); each video that fails there is
+    recorded and replaced by the first substitute that decodes, and the batch is assembled
+    from the probe's outputs, in its place in the epoch. DALI declares a pipeline object
+    invalid after an error ("Current pipeline object is no longer valid"), so the main pipeline
+    is rebuilt and the batches it held are fed again (the probe likewise after each failure).
+
+    Raises (while iterating):
+        NoHealthyVideoError: a video failed and nothing of this rank's shard can replace it;
+            the message names the rank, epoch and the files that failed.
+
     Attributes:
-        skipped: every :class:`~dali_fame.data.cpu_loader.SkippedVideo` so far.
-        stats: this epoch's ``visited``, ``delivered``, ``skipped`` (``visited == delivered +
-            skipped`` after a full epoch) and ``short`` counts.
+        ledger: the :class:`~dali_fame.data.ledger.VideoLedger` (failures and counts).
+        failures: every :class:`~dali_fame.data.ledger.FailedVideo` so far (all epochs). A
+            video is recorded when it fails; once known bad it is not fed again.
+        stats: this epoch's ``visited``, ``delivered``, ``replaced`` and ``short`` counts
+            (``visited == delivered + replaced``).
+        pipe: the main DALI pipeline (replaced after an error).
     """
 
     def __init__(
         self,
         records: Sequence[VideoRecord],
         *,
-        pipe,
         source: ClipSource,
-        sampler: ShardBatchSampler,
+        make_pipe: Callable[..., Any],
         device: str,
         device_id: int | None,
         clip_len: int,
         stride: int,
     ) -> None:
         self.records = list(records)
-        self.pipe = pipe
         self.source = source
-        self.sampler = sampler
+        self.sampler = source.sampler
+        self.ledger = source.ledger
         self.device = device
         self.device_id = device_id
         self.clip_len = clip_len
         self.stride = stride
-        self.skipped: list[SkippedVideo] = []
-        self.stats = {"visited": 0, "delivered": 0, "skipped": 0, "short": 0}
+        self._make_pipe = make_pipe
+        self.pipe = make_pipe(source, probe=False)
+        self._probe_source = _ProbeSource()
+        self._probe = None
         self._epoch = 0
+        self._start_batch = 0
         self._in_epoch = False
         self._needs_reset = False
-        self._checker = FrameDecoder()
 
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch = int(epoch)
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.ledger.stats
+
+    @property
+    def failures(self) -> list[FailedVideo]:
+        return self.ledger.failures
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch; iteration then starts at batch ``start_batch`` (resuming mid-epoch:
+        the same batches as an uninterrupted epoch from there on, the skipped ones not fed)."""
+        self.sampler.set_epoch(epoch, start_batch=start_batch)  # validates start_batch
+        self._epoch, self._start_batch = int(epoch), int(start_batch)
 
     @property
     def epoch(self) -> int:
@@ -258,100 +500,131 @@ class DaliClipLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def _report(self, items: list[SkippedVideo]) -> None:
-        for item in items:
+    # -- pipelines -----------------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        """A new main pipeline; what the old one held is fed again."""
+        self.source.requeue()
+        self.pipe = None  # release the old pipeline (its threads, buffers) before building
+        self.pipe = self._make_pipe(self.source, probe=False)
+        self._needs_reset = False
+
+    def _probe_run(self, feed: SampleFeed) -> tuple[torch.Tensor | None, str | None]:
+        """Decode one video alone.
+
+        Returns:
+            ``(uint8 (1, V, T, crop, crop, 3), None)`` or ``(None, reason)``.
+        """
+        if self._probe is None:
+            self._probe = self._make_pipe(self._probe_source, probe=True)
+        self._probe_source.item = feed
+        try:
+            (out,) = self._probe.run()
+        except RuntimeError as exc:
+            self._probe = None  # invalid after an error; rebuilt on next use
+            return None, _dali_reason(exc)
+        finally:
+            self._probe_source.item = None
+        return self._to_torch(out), None
+
+    def _substitute(self, slot: _Slot) -> tuple[_Slot, torch.Tensor]:
+        """The first candidate for ``slot``'s position that decodes, and its clips."""
+        for video in self.source.candidates(slot.position):
+            try:
+                feed = self.source.sample_feed(video)
+            except ValueError as exc:
+                self.source.fail(video, f"cannot plan its clips: {exc}")
+                continue
+            out, reason = self._probe_run(feed)
+            if out is not None:
+                return _Slot(slot.position, slot.own, video, feed), out
+            self.source.fail(video, reason)
+        raise self.source.no_healthy(slot.position)
+
+    def _repair(self, fed: _FedBatch, error: BaseException) -> tuple[tuple[_Slot, ...],
+                                                                        torch.Tensor]:
+        """Decode a batch DALI failed on video by video; replace the videos that fail."""
+        slots, outs, blamed = [], [], 0
+        for slot in fed.slots:
+            out = None
+            if slot.video not in self.ledger.bad_indices:  # (a substitute fed twice)
+                out, reason = self._probe_run(slot.feed)
+                if out is None:
+                    self.source.fail(slot.video, reason)
+            if out is None:
+                blamed += 1
+                slot, out = self._substitute(slot)
+            slots.append(slot)
+            outs.append(out)
+        if not blamed:
             logger.warning(
-                "skipped unreadable video %s (index %d, epoch %d): %s",
-                item.path, item.index, item.epoch, item.reason,
+                "DALI failed a batch of epoch %d whose videos all decode one by one (%s); "
+                "it was decoded video by video and the pipeline rebuilt",
+                fed.epoch, _dali_reason(error),
             )
-        self.skipped.extend(items)
-        self.stats["skipped"] += len(items)
-        self.stats["visited"] += len(items)
+        return tuple(slots), torch.cat(outs)
 
-    def _drain(self) -> None:
-        """Finish an epoch abandoned mid-way: stop feeding, discard what is in flight."""
-        self.source.stop()
-        while True:
-            try:
-                self.pipe.run()
-            except StopIteration:
-                break
-            except Exception as exc:  # noqa: BLE001 - a failing batch being discarded anyway
-                logger.debug("discarded a failing batch while draining: %s", exc)
-            if self.source.fed:
-                self.source.fed.popleft()
-        self.source.fed.clear()
-        self._needs_reset = True
-
-    def _diagnose(self, fed: _FedBatch, error: Exception) -> list[SkippedVideo]:
-        """Name the files of a batch that DALI failed on (PyAV decodes the planned frames)."""
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        out = []
-        for video_index, path in zip(fed.indices, fed.paths):
-            plan = plan_sample(self.records[video_index], video_index=video_index,
-                               epoch=fed.epoch, **self.source.plan_kwargs)
-            try:
-                self._checker.decode(path, plan.frame_indices.reshape(-1))
-                reason = f"dropped with a batch DALI failed to decode ({first_line})"
-            except Exception as exc:  # noqa: BLE001
-                reason = f"DALI failed to decode its batch; PyAV: {type(exc).__name__}: {exc}"
-            out.append(SkippedVideo(video_index, path, reason, fed.epoch))
-        return out
+    # -- iteration -----------------------------------------------------------------------
 
     def _to_torch(self, tensor_list) -> torch.Tensor:
+        """A pipeline output as one uint8 ``(B, V, T, H, W, 3)`` tensor."""
+        dense = tensor_list.as_tensor()
+        if self.device != "gpu":
+            # Zero-copy: the DLPack capsule keeps DALI's buffer alive (the default executor
+            # does not recycle an output buffer that is still referenced); a copy here cost
+            # the training thread ~5 ms per batch of 8 x 2 x 16 x 112 x 112 x 3.
+            return torch.from_dlpack(dense)
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        dense = tensor_list.as_tensor()
-        shape = tuple(dense.shape())
-        if self.device == "gpu":
-            device = self._to_device()
-            out = torch.empty(shape, dtype=torch.uint8, device=device)
-            feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
-        else:
-            out = torch.empty(shape, dtype=torch.uint8)
-            feed_ndarray(dense, out)
+        # On the GPU, a device-to-device copy on torch's current stream (cheap, and the batch
+        # then follows torch's stream semantics); run() already synchronised DALI's output.
+        device = self._to_device()
+        out = torch.empty(tuple(dense.shape()), dtype=torch.uint8, device=device)
+        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
         return out
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        from dali_fame.data.sampler import is_short
+    def _batch(self, slots: Sequence[_Slot], views: torch.Tensor) -> dict[str, torch.Tensor]:
+        replaced = sum(slot.replaced for slot in slots)
+        short = sum(
+            is_short(int(self.records[s.video].segment_frames), clip_len=self.clip_len,
+                     stride=self.stride)
+            for s in slots
+        )
+        self.ledger.count(delivered=len(slots) - replaced, replaced=replaced, short=short)
+        index = torch.tensor([s.video for s in slots], dtype=torch.int64)
+        labels = torch.tensor([self.records[s.video].label for s in slots], dtype=torch.int64)
+        if self.device == "gpu":
+            index, labels = index.to(self._to_device()), labels.to(self._to_device())
+        return {"views": views, "labels": labels, "index": index}
 
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self._in_epoch:
-            self._drain()
-        if self._needs_reset:
+            # An epoch left unfinished (or ended by an error): drop what its pipeline holds.
+            self.source.stop()
+            self._rebuild()
+        elif self._needs_reset:
             self.pipe.reset()
             self._needs_reset = False
-        self.stats = {"visited": 0, "delivered": 0, "skipped": 0, "short": 0}
-        self.source.start_epoch(self._epoch)
+        self.ledger.start_epoch()
+        self.source.start_epoch(self._epoch, self._start_batch)
         self._in_epoch = True
         while True:
             try:
                 (views,) = self.pipe.run()
             except StopIteration:
-                self._report(self.source.skipped_now)
-                self.source.skipped_now.clear()
                 break
-            except Exception as exc:  # DALI raises RuntimeError for bad data
-                self._report(self.source.skipped_now)
-                self.source.skipped_now.clear()
+            except NoHealthyVideoError:
+                raise
+            except RuntimeError as exc:  # DALI's error for the batch taken now
                 if not self.source.fed:
                     raise
-                self._report(self._diagnose(self.source.fed.popleft(), exc))
-                continue
-            self._report(self.source.skipped_now)
-            self.source.skipped_now.clear()
-            fed = self.source.fed.popleft()
-            index = torch.tensor(fed.indices, dtype=torch.int64)
-            labels = torch.tensor([self.records[i].label for i in fed.indices], dtype=torch.int64)
-            self.stats["visited"] += len(fed.indices)
-            self.stats["delivered"] += len(fed.indices)
-            self.stats["short"] += sum(
-                is_short(self.records[i].segment_frames, clip_len=self.clip_len,
-                         stride=self.stride)
-                for i in fed.indices
-            )
-            if self.device == "gpu":
-                index, labels = index.to(self._to_device()), labels.to(self._to_device())
-            yield {"views": self._to_torch(views), "labels": labels, "index": index}
+                fed = self.source.fed.popleft()
+                self._rebuild()
+                slots, out = self._repair(fed, exc)
+            else:
+                fed = self.source.fed.popleft()
+                slots, out = fed.slots, self._to_torch(views)
+            yield self._batch(slots, out)
         self._in_epoch = False
         self._needs_reset = True
 
@@ -378,6 +651,8 @@ def build_dali_loader(
     flip: bool = True,
     num_threads: int = 2,
     prefetch_queue_depth: int = 2,
+    build_index: bool = True,
+    torch_crops: bool | None = None,
 ) -> DaliClipLoader:
     """Build the DALI clip loader for this rank (same arguments as ``build_cpu_loader``).
 
@@ -389,8 +664,11 @@ def build_dali_loader(
         rank, world_size: global rank and process count -> DALI ``shard_id`` / ``num_shards``.
         local_rank: this process's GPU -> DALI ``device_id`` (ignored on ``device="cpu"``).
         device: ``"gpu"`` (mixed decoding, outputs on ``cuda:local_rank``) or ``"cpu"``.
-        num_threads: DALI CPU worker threads.
+        num_threads: DALI CPU worker threads (``data.workers``): file reads, CPU decoding and,
+            on ``device="cpu"``, the crops and resizes.
         prefetch_queue_depth: batches DALI prepares ahead.
+        build_index: let ``fn.decoders.video`` index each file's frames first.
+        torch_crops: see :func:`clip_pipeline_fn` (default: True on ``device="cpu"``).
 
     Returns:
         :class:`DaliClipLoader` with batches ``views`` uint8 ``(B, V, T, crop, crop, 3)``,
@@ -400,6 +678,10 @@ def build_dali_loader(
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if crop is not None and crop < 1:
+        raise ValueError(f"crop must be a positive number of pixels or None, got {crop}")
     sampler = ShardBatchSampler(
         len(records), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
         shuffle=(mode == "train"), drop_last=drop_last,
@@ -409,15 +691,21 @@ def build_dali_loader(
     source = ClipSource(records, sampler, plan_kwargs=plan_kwargs)
     views = num_views if mode == "train" else eval_clips
     device_id = local_rank if device == "gpu" else None
-    pipe = clip_pipeline(
-        source, num_views=views, clip_len=clip_len, crop=crop, device=device,
-        batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-        prefetch_queue_depth=prefetch_queue_depth, seed=seed + 7919 * rank,
-        # shard_id / num_shards are reader arguments in DALI; the external source shards
-        # itself through ShardBatchSampler(rank, world_size) with exactly those values.
-    )
-    pipe.build()
+
+    def make_pipe(feed: Callable[[], Any], *, probe: bool):
+        pipe = clip_pipeline(
+            feed, num_views=views, clip_len=clip_len, crop=crop, device=device,
+            build_index=build_index, torch_crops=torch_crops,
+            batch_size=1 if probe else batch_size,
+            num_threads=num_threads, device_id=device_id,
+            prefetch_queue_depth=1 if probe else prefetch_queue_depth, seed=seed + 7919 * rank,
+            # shard_id / num_shards are reader arguments in DALI; the external source shards
+            # itself through ShardBatchSampler(rank, world_size) with exactly those values.
+        )
+        pipe.build()
+        return pipe
+
     return DaliClipLoader(
-        records, pipe=pipe, source=source, sampler=sampler, device=device, device_id=device_id,
+        records, source=source, make_pipe=make_pipe, device=device, device_id=device_id,
         clip_len=clip_len, stride=stride,
     )

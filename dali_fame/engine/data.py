@@ -122,7 +122,7 @@ def build_loader(
         from dali_fame.data.dali_pipeline import build_dali_loader
 
         device = "gpu" if torch.cuda.is_available() else "cpu"
-        loader = build_dali_loader(records, local_rank=local_rank, device=device, **common)
+        loader = build_dali_loader(records, local_rank=local_rank, device=device, num_threads=max(1, data.workers), **common)
     else:
         from dali_fame.data.cpu_loader import build_cpu_loader
 
