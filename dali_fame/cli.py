@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check-decode": ("dali_fame.data.check_decode",
                      "decode frame-stamped videos through every decoder; fail on any wrong frame"),
     "bench": ("dali_fame.bench", "run a benchmark from benchmarks/ (loader, fame, train)"),
+    "selftest": ("dali_fame.selftest",
+                 "check every GPU path (tests, decoding, benchmarks, training) and report"),
 }
 
 
