@@ -184,13 +184,19 @@ def read_facts() -> GpuFacts:
     return GpuFacts(driver, nodes, devices, torch.__version__, torch.version.cuda, archs, sees)
 
 
-def check_gpu_usable(*, cpu_requested: bool) -> None:
+def check_gpu_usable(*, loader_flag: str | None) -> None:
     """Stop a script at start-up when a GPU is present but torch cannot use it.
 
+    The CPU counts as asked for explicitly with ``--loader cpu`` on the command line
+    (``loader_flag``) or Accelerate's ``--cpu`` (``ACCELERATE_USE_CPU``); a config file's
+    loader setting does not, so a shared config never hides a broken GPU stack.
+
     Raises:
-        SystemExit: with :meth:`GpuDiagnosis.message`, unless ``cpu_requested``.
+        SystemExit: with :meth:`GpuDiagnosis.message`.
     """
-    if cpu_requested:
+    import os
+
+    if loader_flag == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
         return
     verdict = diagnose(read_facts())
     if verdict.gpu_present and not verdict.usable:

@@ -147,3 +147,26 @@ def test_compile_failure_falls_back_with_reason_and_cuda_raises(monkeypatch):
     finally:
         dispatch._load_cuda_ops.cache_clear()
         dispatch._warn_fallback.cache_clear()
+
+
+def test_scripts_stop_at_start_up_on_an_unusable_gpu_unless_the_cpu_is_asked_for(monkeypatch, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from dali_fame import gpu_check
+
+    monkeypatch.setattr(gpu_check, "read_facts", lambda: _facts(PROC_R535, SMI_T4, sees=0))
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    for script in ("pretrain", "finetune", "linear_probe", "retrieval"):
+        spec = importlib.util.spec_from_file_location(f"{script}_script", repo / "train" / f"{script}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.syspath_prepend(str(repo / "train"))
+        spec.loader.exec_module(module)
+        with pytest.raises(SystemExit) as stop:
+            module.main(["--output-dir", str(tmp_path / script)])
+        assert "535.183.01" in str(stop.value) and "fix:" in str(stop.value), script
+        assert not (tmp_path / script).exists()  # stopped before writing anything
+    gpu_check.check_gpu_usable(loader_flag="cpu")  # asked for: no stop
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    gpu_check.check_gpu_usable(loader_flag=None)

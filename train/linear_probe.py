@@ -29,6 +29,7 @@ from pathlib import Path
 from dali_fame.engine.flags import add_run_flags
 from dali_fame.eval.config import cli_overrides, load_eval_config
 from dali_fame.eval.finetune import run_finetune
+from dali_fame.gpu_check import check_gpu_usable
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "linear_probe_demo.yaml"
 
@@ -41,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_gpu_usable(loader_flag=args.loader)  # a GPU torch cannot use: stop now, with the fix
     try:
         cfg = load_eval_config(args.config, task="linear_probe", overrides=cli_overrides(args))
     except ValueError as err:  # ConfigError is a ValueError

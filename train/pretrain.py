@@ -35,9 +35,10 @@ from dali_fame.config import ConfigError, flatten, load_config, parse_override, 
 from dali_fame.engine.checkpoint import list_checkpoints
 from dali_fame.engine.data import build_loader, load_split
 from dali_fame.engine.flags import add_run_flags
-from dali_fame.engine.loop import StepOutput, report_replaced, restore, train
+from dali_fame.engine.loop import StepOutput, report_replaced, restore, step_generator, train
 from dali_fame.engine.monitor import clip_mask_grid, replica_fingerprint
 from dali_fame.fame import FAME, BackgroundErasing
+from dali_fame.gpu_check import check_gpu_usable
 from dali_fame.moco import MoCo
 from dali_fame.models import build_backbone
 
@@ -64,17 +65,13 @@ def resolve_config(args: argparse.Namespace):
     return load_config(args.config, overrides=overrides + [parse_override(s) for s in args.set])
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """All randomness of one step (FAME permutations, augmentations) from (seed, step, rank)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = resolve_config(args)
     except ConfigError as err:
         raise SystemExit(f"config error: {err}") from None
+    check_gpu_usable(loader_flag=args.loader)  # a GPU torch cannot use: stop now, with the fix
     run_dir = Path(cfg.output_dir)
     if not args.resume and list_checkpoints(run_dir):
         raise SystemExit(f"{run_dir} already holds checkpoints: pass --resume auto to continue that run, "
@@ -120,7 +117,7 @@ def main(argv=None) -> int:
     model = MoCo(build_backbone(cfg.model.backbone), dim=cfg.moco.dim, queue_size=cfg.moco.queue_size,
                  momentum=cfg.moco.momentum, temperature=cfg.moco.temperature,
                  global_batch_size=cfg.train.batch_size, shuffle_bn=cfg.moco.shuffle_bn,
-                 generator=torch.Generator().manual_seed(cfg.train.seed))
+                 legacy_enqueue=cfg.moco.legacy_enqueue, generator=torch.Generator().manual_seed(cfg.train.seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -32,7 +32,6 @@ from accelerate.utils import set_seed
 
 from dali_fame.config import flatten, save_config, to_dict
 from dali_fame.engine.data import build_loader, load_split
-from dali_fame.eval.splits import resolve_eval_splits
 from dali_fame.engine.flags import add_run_flags
 from dali_fame.eval.config import (
     RECALL_KS,
@@ -49,6 +48,7 @@ from dali_fame.eval.results import (
     write_results,
 )
 from dali_fame.eval.retrieval import evaluate_retrieval
+from dali_fame.eval.splits import resolve_eval_splits
 from dali_fame.eval.weights import (
     WeightLoadError,
     check_load,
@@ -57,6 +57,7 @@ from dali_fame.eval.weights import (
     load_pretrained,
     read_checkpoint_config,
 )
+from dali_fame.gpu_check import check_gpu_usable
 from dali_fame.models import build_backbone
 
 logger = get_logger("retrieval")
@@ -71,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_gpu_usable(loader_flag=args.loader)  # a GPU torch cannot use: stop now, with the fix
     try:
         cfg = load_eval_config(args.config, task="retrieval", overrides=cli_overrides(args))
         ckpt, ckpt_warning = choose_checkpoint(cfg.eval.pretrained, from_cli=args.pretrained is not None)
@@ -108,7 +110,8 @@ def main(argv=None) -> int:
         gallery, queries = resolve_eval_splits(
             load_split(cfg.data, split=cfg.eval.train_split, is_main=is_main, wait=accelerator.wait_for_everyone),
             load_split(cfg.data, split=cfg.eval.test_split, is_main=is_main, wait=accelerator.wait_for_everyone),
-            holdout=cfg.eval.holdout, seed=cfg.eval.holdout_seed)
+            holdout=cfg.eval.holdout, seed=cfg.eval.holdout_seed,
+            same_split=cfg.eval.test_split == cfg.eval.train_split)
     except ValueError as err:
         raise SystemExit(f"split error: {err}") from None
 

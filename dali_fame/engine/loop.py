@@ -108,6 +108,12 @@ def planned_steps(steps_per_epoch: int, train_cfg: TrainConfig) -> int:
     return min(total, train_cfg.max_steps) if train_cfg.max_steps else total
 
 
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """All randomness of one step on one rank (FAME permutations, augmentations): a CPU
+    generator seeded from (seed, global step, rank), so a resumed run replays the same draws."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
 def agree(accelerator, **flags: int) -> dict[str, torch.Tensor]:
     """Gather small integers from every rank: one collective, the identity in one process.
 

@@ -66,6 +66,9 @@ class EvalSection:
     #: data without a split only: this fraction of each class becomes the test split (seeded)
     holdout: float = 0.0
     holdout_seed: int = 0  #: the hold-out's seed (independent of train.seed)
+    #: finetune only: the released recipe's grayscale (p 0.2) + colour jitter (0.4, 0.4, 0.4,
+    #: 0.1, p 0.8) on training clips; false = crop + flip only (the linear probe's protocol)
+    color_augment: bool = False
 
 
 @dataclass
@@ -91,6 +94,7 @@ def default_config(task: str) -> EvalConfig:
         cfg.optim = OptimConfig(lr=0.025, momentum=0.9, weight_decay=1e-4, milestones=[60, 120])
         cfg.train.epochs = 150
         cfg.model.dropout = 0.5
+        cfg.eval.color_augment = True
     elif task == "linear_probe":
         cfg.optim = OptimConfig(lr=5.0, momentum=0.9, weight_decay=0.0, milestones=[60, 80])
         cfg.train.epochs = 100
@@ -115,6 +119,9 @@ def validate_eval(cfg: EvalConfig) -> EvalConfig:
     _positive("eval.batch_size", e.batch_size)
     _positive("eval.eval_every", e.eval_every, allow_zero=True)
     _positive("eval.neighbors", e.neighbors)
+    if e.color_augment and cfg.task != "finetune":
+        raise ConfigError(f"eval.color_augment is for finetuning only: the {cfg.task} protocol uses the "
+                          "loader's crop and flip alone (spec section 5)")
     if not 0.0 <= e.holdout < 1.0:
         raise ConfigError(f"eval.holdout must be in [0, 1) (0: the data's own split); got {e.holdout}")
     return cfg

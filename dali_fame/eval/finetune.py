@@ -12,7 +12,10 @@ averaged), gathered from every process as tensors.
   to the checkpoint's (the run fails otherwise).
 
 Training clips: one ``clip_len x stride`` clip per video per epoch with the loader's random
-resized crop + horizontal flip, then normalisation (no colour augmentation). Outputs in
+resized crop + horizontal flip; finetuning then applies the released recipe's grayscale (p 0.2)
+and colour jitter (0.4, 0.4, 0.4, 0.1, p 0.8) unless ``eval.color_augment`` is false (the probe:
+never), then normalisation. The train and test splits must not share videos
+(:mod:`dali_fame.eval.splits`). Outputs in
 ``output_dir``: config.yaml, checkpoints/, metrics.jsonl, summary.csv (one row per epoch with the
 ledger counts and the test pass columns), tb/, results.json + results.md, confusion.png.
 """
@@ -29,9 +32,17 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from dali_fame.augment import ClipAugment
 from dali_fame.config import flatten, save_config, to_dict
 from dali_fame.engine.data import build_loader, load_split
-from dali_fame.engine.loop import StepOutput, agreed_error, report_replaced, restore, train
+from dali_fame.engine.loop import (
+    StepOutput,
+    agreed_error,
+    report_replaced,
+    restore,
+    step_generator,
+    train,
+)
 from dali_fame.eval.classify import CLASSIFIER_KEYS, VideoClassifier
 from dali_fame.eval.config import EvalConfig, setting_mismatches
 from dali_fame.eval.inference import gather_indexed, multiclip_pass, normalize_clips
@@ -43,6 +54,7 @@ from dali_fame.eval.results import (
     pretrain_data_label,
     write_results,
 )
+from dali_fame.eval.splits import resolve_eval_splits
 from dali_fame.eval.weights import (
     WeightLoadError,
     assert_unchanged,
@@ -107,8 +119,17 @@ def run_finetune(cfg: EvalConfig, *, pretrained_from_cli: bool, resume: str | No
         logger.warning(f"evaluating with {note}", main_process_only=True)
 
     # --- data: training split (random crop + flip, 1 clip), test split (10 uniform clips) ----
-    train_split = load_split(cfg.data, split=cfg.eval.train_split, is_main=is_main, wait=accelerator.wait_for_everyone)
-    test_split = load_split(cfg.data, split=cfg.eval.test_split, is_main=is_main, wait=accelerator.wait_for_everyone)
+    try:  # refuse, before any training, to test on the training videos unless asked for
+        train_split, test_split = resolve_eval_splits(
+            load_split(cfg.data, split=cfg.eval.train_split, is_main=is_main, wait=accelerator.wait_for_everyone),
+            load_split(cfg.data, split=cfg.eval.test_split, is_main=is_main, wait=accelerator.wait_for_everyone),
+            holdout=cfg.eval.holdout, seed=cfg.eval.holdout_seed,
+            same_split=cfg.eval.test_split == cfg.eval.train_split)
+    except ValueError as err:
+        raise SystemExit(f"split error: {err}") from None
+    if cfg.eval.test_split == cfg.eval.train_split:
+        logger.warning(f"testing on the training split ({cfg.eval.train_split}): a check of fitting, "
+                       f"not a result", main_process_only=True)
     class_names = train_split.class_names
     common = {"seed": cfg.train.seed, "rank": rank, "world_size": world,
               "local_rank": accelerator.local_process_index}
@@ -144,11 +165,18 @@ def run_finetune(cfg: EvalConfig, *, pretrained_from_cli: bool, resume: str | No
                 f"batch {cfg.train.batch_size} ({local_batch}/process), loader {loader_choice.name}",
                 main_process_only=True)
 
+    # The released finetune recipe: grayscale then colour jitter, no blur (eval.color_augment).
+    augment = (ClipAugment(crop=cfg.data.crop, jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.4,
+                           hue=0.1, gray_p=0.2, blur_p=0.0) if cfg.eval.color_augment else None)
+
     def classify_step(batch: dict, step: int) -> StepOutput:
         """views uint8 (B, 1, T, H, W, 3), labels int64 (B,) -> cross-entropy and top-1 (%)."""
         views = batch["views"].to(accelerator.device, non_blocking=True)
         labels = batch["labels"].to(accelerator.device)
-        x = normalize_clips(views[:, 0])  # (B, 3, T, H, W) float
+        if augment is None:
+            x = normalize_clips(views[:, 0])  # (B, 3, T, H, W) float
+        else:
+            x = augment(views[:, 0], generator=step_generator(cfg.train.seed, step, rank))
         with accelerator.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits.float(), labels)

@@ -54,7 +54,7 @@ def holdout_indices(labels: list[int], *, fraction: float, seed: int) -> np.ndar
     return test
 
 
-def resolve_eval_splits(train, test, *, holdout: float = 0.0, seed: int = 0):
+def resolve_eval_splits(train, test, *, holdout: float = 0.0, seed: int = 0, same_split: bool = False):
     """Check (or make) a disjoint train / test pair of :class:`~dali_fame.engine.data.SplitData`.
 
     Args:
@@ -62,6 +62,9 @@ def resolve_eval_splits(train, test, *, holdout: float = 0.0, seed: int = 0):
         holdout: 0 = use the splits as given; in (0, 1) = the data has no split (both lists
             hold the same videos) and this fraction of each class becomes the test split.
         seed: the hold-out seed.
+        same_split: the config names one split for both (``eval.test_split`` equal to
+            ``eval.train_split``): testing on the training videos was asked for explicitly (a
+            sanity check of fitting, not a result), so overlap is allowed.
 
     Returns:
         ``(train, test)``: the same objects, or copies holding the hold-out's records.
@@ -84,7 +87,7 @@ def resolve_eval_splits(train, test, *, holdout: float = 0.0, seed: int = 0):
         keep_test = [r for r, t in zip(train.records, is_test) if t]
         return (dataclasses.replace(train, records=keep_train),
                 dataclasses.replace(test, records=keep_test))
-    if shared:
+    if shared and not same_split:
         example = sorted(shared)[0]
         raise ValueError(
             f"the test split shares {len(shared)} of its {len(test_paths)} videos with the "

@@ -97,3 +97,15 @@ def test_retrieval_on_class_folders_refuses_then_holds_out(class_folders, tmp_pa
     neighbors = json.loads((tmp_path / "held" / "neighbors.json").read_text())
     queries = {q["path"] for q in neighbors}
     assert queries.isdisjoint(n["path"] for q in neighbors for n in q["neighbors"])
+
+
+def test_finetune_follows_the_released_colour_recipe_by_default_and_the_probe_never():
+    from dali_fame.config import ConfigError
+    from dali_fame.eval.config import load_eval_config, parse_override
+
+    assert load_eval_config(None, task="finetune").eval.color_augment is True
+    off = load_eval_config(None, task="finetune", overrides=[parse_override("eval.color_augment=false")])
+    assert off.eval.color_augment is False
+    assert load_eval_config(None, task="linear_probe").eval.color_augment is False
+    with pytest.raises(ConfigError, match="finetuning only"):
+        load_eval_config(None, task="linear_probe", overrides=[parse_override("eval.color_augment=true")])

@@ -166,3 +166,25 @@ def test_bad_files_in_data_root_are_reported_and_skipped(tiny_dataset, tmp_path)
     log = proc.stderr
     assert "empty.mp4" in log and "notes.mp4" in log, log[-3000:]
     assert sorted(_losses(run_dir)) == [1, 2]
+
+
+def test_legacy_enqueue_reaches_moco_from_the_command_line(tiny_dataset, tmp_path, monkeypatch):
+    """moco.legacy_enqueue (the released code's enqueue order) is a setting, not dead code."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seen = []
+
+    class Recording(module.MoCo):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs["legacy_enqueue"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(module, "MoCo", Recording)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for flag, run in (("true", "legacy"), ("false", "fixed")):
+        assert module.main(_args(tiny_dataset, tmp_path / run, "--max-steps", "1",
+                                 "--set", f"moco.legacy_enqueue={flag}")) == 0
+    assert seen == [True, False]
