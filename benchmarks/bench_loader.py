@@ -96,6 +96,9 @@ class Result:
 #: codecs DALI's CPU video decoder reads (FFmpeg decoder names)
 DALI_CPU_CODECS = ("vp9", "vp8", "mjpeg")
 
+#: the feed's row name (not "dali ...": readers of the JSON take "dali*" rows for decoders)
+FEED_METHOD = "DALI feed (ClipSource, no decoding)"
+
 METHODS = ("feed", "cpu", "cpu-fast", "dali", "pyav", "torchcodec", "decord")
 
 
@@ -275,7 +278,7 @@ def bench_feed(records: list[VideoRecord], codec: str, args) -> Result:
     sampler = ShardBatchSampler(len(records), batch_size=args.batch_size, seed=args.seed,
                                 drop_last=True)
     if len(sampler) == 0:
-        return Result("dali feed (ClipSource, no decoding)", codec, "training thread", None,
+        return Result(FEED_METHOD, codec, "training thread", None,
                       None, 0, note=f"fewer than {args.batch_size} videos: no full batch")
     plan_kwargs = _feed_plan_kwargs(args)
     source = ClipSource(records, sampler, plan_kwargs=plan_kwargs)
@@ -300,7 +303,7 @@ def bench_feed(records: list[VideoRecord], codec: str, args) -> Result:
                 fed.clear()  # the loader pops these; keep the deque from growing
     ms = np.asarray(times) * 1e3
     return Result(
-        "dali feed (ClipSource, no decoding)", codec, "training thread", None,
+        FEED_METHOD, codec, "training thread", None,
         float(np.sum(times)) / args.rounds, len(times) * args.batch_size // args.rounds,
         note=(f"fed {verified}: checked against plan_sample; start_epoch "
               f"{1e3 * float(np.mean(starts)):.2f} ms"),
@@ -536,7 +539,7 @@ def targets(results: list[Result], batch_size: int) -> list[dict]:
     """The issue's two targets, each with its measured value and verdict (where measured)."""
     out = []
     for r in results:
-        if (r.method.startswith("dali feed") and r.ms_per_batch_mean is not None
+        if (r.method == FEED_METHOD and r.ms_per_batch_mean is not None
                 and r.codec == "h264"):
             out.append({
                 "target": f"DALI feed: training-thread host time per batch of {batch_size} "
@@ -605,7 +608,7 @@ def write_outputs(results: list[Result], meta: dict, out_dir: Path) -> tuple[Pat
                      else f"{t['value']:.2f}x ({t['dali_clips_per_s']:.1f} vs "
                           f"{t['cpu_clips_per_s']:.1f} clips/s)")
             lines.append(f"| {t['target']} | {value} | {_verdict(t['met'])} |")
-    feeds = [r for r in results if r.method.startswith("dali feed")]
+    feeds = [r for r in results if r.method == FEED_METHOD]
     if feeds:
         lines += [
             "", (f"## DALI feed: host time per batch on the training thread (ClipSource, no "
@@ -619,7 +622,7 @@ def write_outputs(results: list[Result], meta: dict, out_dir: Path) -> tuple[Pat
             p95 = "-" if r.ms_per_batch_p95 is None else f"{r.ms_per_batch_p95:.3f}"
             cpu = "-" if r.thread_ms_per_batch is None else f"{r.thread_ms_per_batch:.3f}"
             lines.append(f"| {r.codec} | {r.batches} | {mean} | {p95} | {cpu} | {r.note} |")
-    decoders = [r for r in results if not r.method.startswith("dali feed")]
+    decoders = [r for r in results if r.method != FEED_METHOD]
     if decoders:
         lines += [
             "", (f"## Decoding throughput (median of {meta['rounds']} interleaved rounds of "
