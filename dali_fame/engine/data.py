@@ -62,9 +62,14 @@ class SplitData:
 def load_split(data: DataConfig, *, split: str, is_main: bool, wait, progress: bool = True) -> SplitData:
     """Index ``split`` of the configured dataset (synthetic: generated first).
 
-    The main process probes and writes the cache; the others then read the cache, so every
-    rank sees the same record list in the same order.
+    Only the main process reads the dataset (probing files, or its index cache); the others
+    receive its result (``broadcast_object_list``; the identity in one process). So every rank
+    holds the very same record list in the same order, and no rank probes the dataset again
+    with one worker (hours on Kinetics-400) or misses a cache that lives on the main node's
+    local disk. An indexing error on the main process reaches every rank as the same error.
     """
+    from accelerate.utils import broadcast_object_list
+
     from dali_fame.data.index import build_index
 
     if data.format == "synthetic":
@@ -77,14 +82,19 @@ def load_split(data: DataConfig, *, split: str, is_main: bool, wait, progress: b
         cache_dir=data.cache_dir and Path(data.cache_dir) / "index",
         clip_len=data.clip_len, stride=data.stride,
     )
-    result = None
+    shared: list = [None, None]  # (IndexResult, error message) from the main process
     if is_main:
-        result = build_index(root, workers=max(1, min(2, os.cpu_count() or 1)), progress=progress, **kwargs)
-        for item in result.excluded:
-            logger.warning("excluded %s: %s", item.path, item.reason)
-    wait()
-    if result is None:
-        result = build_index(root, workers=1, progress=False, **kwargs)
+        try:
+            result = build_index(root, workers=max(1, min(2, os.cpu_count() or 1)), progress=progress,
+                                 **kwargs)
+            for item in result.excluded:
+                logger.warning("excluded %s: %s", item.path, item.reason)
+            shared[0] = result
+        except (OSError, ValueError) as err:  # e.g. no such folder, malformed annotations
+            shared[1] = f"{type(err).__name__}: {err}"
+    result, error = broadcast_object_list(shared)
+    if error is not None:
+        raise ValueError(error)
     if not result.records:
         raise ValueError(f"no valid videos in {root} ({fmt}, split {split}): see the index report above")
     return SplitData(list(result.records), list(result.class_names), Path(root), fmt, result)
