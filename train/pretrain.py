@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from dali_fame.config import ConfigError, flatten, load_config, parse_override, 
 from dali_fame.engine.checkpoint import list_checkpoints
 from dali_fame.engine.data import build_loader, load_split
 from dali_fame.engine.flags import add_run_flags
+from dali_fame.engine.logs import setup_logging
 from dali_fame.engine.loop import StepOutput, report_replaced, restore, step_generator, train
 from dali_fame.engine.monitor import clip_mask_grid, replica_fingerprint
 from dali_fame.fame import FAME, BackgroundErasing
@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run_dir)
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    log_file = setup_logging(run_dir, rank=accelerator.process_index, is_main=accelerator.is_main_process,
+                             script="pretrain")
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.train.batch_size % world:
         raise SystemExit(f"config error: train.batch_size ({cfg.train.batch_size}) must be divisible "
@@ -171,6 +172,7 @@ def main(argv=None) -> int:
         print(f"  checkpoints   : {run_dir / 'checkpoints'}")
         print(f"  summary       : {run_dir / 'summary.csv'}")
         print(f"  TensorBoard   : tensorboard --logdir {run_dir / 'tb'}")
+        print(f"  full log      : {log_file}")
         print("\n".join(report_replaced(run.replaced)) or "  replaced      : none (every video decoded)")
         if run.stop == "preempted":
             print(f"resume: the same command with --resume auto --output-dir {run_dir}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -33,6 +32,7 @@ from accelerate.utils import set_seed
 from dali_fame.config import flatten, save_config, to_dict
 from dali_fame.engine.data import build_loader, load_split
 from dali_fame.engine.flags import add_run_flags
+from dali_fame.engine.logs import setup_logging
 from dali_fame.eval.config import (
     RECALL_KS,
     cli_overrides,
@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     run_dir = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with="tensorboard",
                               project_dir=str(run_dir))
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    log_file = setup_logging(run_dir, rank=accelerator.process_index, is_main=accelerator.is_main_process,
+                             script="retrieval")
     is_main = accelerator.is_main_process
     set_seed(cfg.train.seed)
     if is_main:
@@ -172,6 +173,7 @@ def main(argv=None) -> int:
     print(f"  results     : {run_dir / 'results.json'} (+ results.md)")
     print(f"  neighbours  : {run_dir / 'neighbors.json'}")
     print(f"  TensorBoard : tensorboard --logdir {run_dir / 'tb'}")
+    print(f"  full log    : {log_file}")
     return 0
 
 

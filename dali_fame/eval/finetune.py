@@ -22,7 +22,6 @@ ledger counts and the test pass columns), tb/, results.json + results.md, confus
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 from dali_fame.augment import ClipAugment
 from dali_fame.config import flatten, save_config, to_dict
 from dali_fame.engine.data import build_loader, load_split
+from dali_fame.engine.logs import setup_logging
 from dali_fame.engine.loop import (
     StepOutput,
     agreed_error,
@@ -103,7 +103,8 @@ def run_finetune(cfg: EvalConfig, *, pretrained_from_cli: bool, resume: str | No
     run_dir = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with="tensorboard",
                               project_dir=str(run_dir))
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    log_file = setup_logging(run_dir, rank=accelerator.process_index, is_main=accelerator.is_main_process,
+                             script=task)
     world, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     if cfg.train.batch_size % world:
         raise SystemExit(f"config error: train.batch_size ({cfg.train.batch_size}) must be divisible "
@@ -258,6 +259,7 @@ def run_finetune(cfg: EvalConfig, *, pretrained_from_cli: bool, resume: str | No
     print(f"  results     : {run_dir / 'results.json'} (+ results.md)")
     print(f"  confusion   : {figure}")
     print(f"  TensorBoard : tensorboard --logdir {run_dir / 'tb'}")
+    print(f"  full log    : {log_file}")
     for line in report_replaced(run.replaced):
         print(line)
     return 0

@@ -189,6 +189,14 @@ def test_checkpoints_written_before_manifests_get_the_structural_check(tmp_path)
     assert "model.safetensors is 60 bytes but its header" in verify_checkpoint(ckpt)[0]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 _TWO_RANKS = textwrap.dedent("""
     import sys
     from pathlib import Path
@@ -204,6 +212,8 @@ _TWO_RANKS = textwrap.dedent("""
         print(f"rank {accelerator.process_index} chose {chosen.name}", flush=True)
     except ValueError as err:
         print(f"rank {accelerator.process_index} refused: {err}", flush=True)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the gloo group: exiting with it alive can abort
 """)
 
 
@@ -215,7 +225,7 @@ def test_two_processes_share_the_main_process_decision(trained, tmp_path):
     script.write_text(_TWO_RANKS)
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     launcher = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531"]
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
     for resume, expected in (("auto", "chose step_00000003"), (str(bad), "refused: --resume")):
         proc = subprocess.run([*launcher, str(script), str(tmp_path), resume], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=240, check=False)

@@ -1,0 +1,72 @@
+"""Where a run's log lines go: a readable console and the full log in ``RUN/log.txt``.
+
+The console gets the progress bar, warnings and errors, the script's own INFO lines (what runs:
+data, loader, FAME backend, weights; printed through ``tqdm.write`` so they never break a bar)
+and the end-of-run summary (plain ``print``). Library INFO lines (Accelerate logs four per
+checkpoint, the index, the loaders) go to ``RUN/log.txt`` only, which holds everything: INFO
+from the main process and every rank's warnings, each line naming its rank, so a warning that
+one rank raised is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+LOG_NAME = "log.txt"
+_FORMAT = "%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s"
+
+
+class _TqdmConsole(logging.Handler):
+    """Warnings, errors and the script's INFO lines on stderr, written above any progress bar."""
+
+    def __init__(self, script_loggers: tuple[str, ...]) -> None:
+        super().__init__(level=logging.INFO)
+        self.script_loggers = script_loggers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name in self.script_loggers
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)  # tqdm.write's default is stdout
+        except Exception:  # noqa: BLE001 - logging must never take the run down
+            self.handleError(record)
+
+
+def setup_logging(
+    run_dir: str | Path, *, rank: int, is_main: bool, script: str | None = None
+) -> Path:
+    """Route this process's logging (call once per process, after the run directory is known).
+
+    Args:
+        run_dir: the run directory; ``run_dir/log.txt`` is appended to by every rank.
+        rank: this process's global rank (named on every file line).
+        is_main: the main process logs INFO to the file; the others WARNING and above.
+        script: the script's logger name (``get_logger("pretrain")``): its INFO lines also
+            reach the console.
+
+    Returns:
+        the log file's path.
+    """
+    path = Path(run_dir) / LOG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # a second call (tests, notebooks) replaces, not doubles
+        if getattr(handler, "_dali_fame", False):
+            root.removeHandler(handler)
+            handler.close()
+    file_handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    file_handler.setLevel(logging.INFO if is_main else logging.WARNING)
+    file_handler.setFormatter(logging.Formatter(_FORMAT.format(rank=rank)))
+    console = _TqdmConsole((script,) if script else ())
+    console.setFormatter(logging.Formatter(f"%(levelname)s [rank {rank}] %(name)s: %(message)s"))
+    for handler in (file_handler, console):
+        handler._dali_fame = True
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)  # warnings.warn (e.g. the FAME backend fallback) -> both
+    return path
