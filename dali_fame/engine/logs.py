@@ -63,7 +63,8 @@ def setup_logging(
     file_handler.setLevel(logging.INFO if is_main else logging.WARNING)
     file_handler.setFormatter(logging.Formatter(_FORMAT.format(rank=rank)))
     console = _TqdmConsole((script,) if script else ())
-    console.setFormatter(logging.Formatter(f"%(levelname)s [rank {rank}] %(name)s: %(message)s"))
+    # no rank here: accelerate's get_logger prefixes "[RANK r]"; log.txt names every line's rank
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     for handler in (file_handler, console):
         handler._dali_fame = True
         root.addHandler(handler)

@@ -96,6 +96,12 @@ def _check_replaced_run(proc: subprocess.CompletedProcess, run_dir: Path, bad: l
     assert f"{len(bad)} unreadable video(s)" in summary
     for path in bad:  # the end-of-run summary names every bad file, whichever rank met it
         assert path in summary, f"{path} not named:\n{summary}"
+    # the full log holds both ranks' warnings (each rank warns for the files of its shard) and
+    # the library INFO lines that stay off the console
+    log = (run_dir / "log.txt").read_text()
+    assert " rank 0 WARNING " in log and " rank 1 WARNING " in log
+    assert all(path in log for path in bad)
+    assert "Saving current state" in log and "Saving current state" not in proc.stderr
 
 
 def test_videos_bad_after_indexing_are_replaced_on_both_ranks(pristine, tmp_path):
