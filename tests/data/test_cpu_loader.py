@@ -14,13 +14,17 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from faults import damage_in_place  # tests/faults.py (tests/ is on sys.path via conftest)
+from faults import (  # tests/faults.py (tests/ is on sys.path via conftest)
+    damage_in_place,
+    damaged_shard,
+    expected_batches,
+)
 from torchvision.transforms import RandomResizedCrop
 
 from dali_fame.data import video_io
 from dali_fame.data.cpu_loader import build_cpu_loader
 from dali_fame.data.frame_decoder import FrameDecoder
-from dali_fame.data.ledger import NoHealthyVideoError, substitute_candidates
+from dali_fame.data.ledger import NoHealthyVideoError
 from dali_fame.data.plan import (
     CropWindow,
     center_square_window,
@@ -30,8 +34,6 @@ from dali_fame.data.plan import (
 from dali_fame.data.records import VideoRecord
 from dali_fame.data.sampler import (
     eval_clip_indices,
-    shard_indices,
-    steps_per_epoch,
     train_clip_indices,
 )
 
@@ -321,36 +323,8 @@ SEED, WORLD = 5, 2
 def damaged(videos, tmp_path_factory):
     """14 videos (label = index); three of rank 0's epoch-0 shard damaged after indexing:
     positions 0 and 4 (in its two batches of 3) and 6 (the drop_last leftover)."""
-    root = tmp_path_factory.mktemp("damaged")
-    records = []
-    for i in range(14):
-        src = Path(videos[i % 9].path)
-        dst = root / f"c{i}.mp4"
-        shutil.copyfile(src, dst)
-        records.append(_record(dst, label=i))
-    shard = shard_indices(14, epoch=0, seed=SEED, rank=0, world_size=WORLD)
-    bad = {int(shard[p]) for p in (0, 4, 6)}
-    for i in bad:
-        damage_in_place(records[i].path)
-    return records, bad
-
-
-def _expected(records, bad, *, epoch, batch_size) -> list[list[int]]:
-    """Rank 0's batches by the ledger's rule: a bad video's place goes to the first healthy
-    video of substitute_candidates."""
-    shard = shard_indices(len(records), epoch=epoch, seed=SEED, rank=0, world_size=WORLD)
-    steps = steps_per_epoch(len(records), world_size=WORLD, batch_size=batch_size)
-    out = []
-    for step in range(steps):
-        row = []
-        for p in range(step * batch_size, (step + 1) * batch_size):
-            v = int(shard[p])
-            if v in bad:
-                v = next(int(c) for c in substitute_candidates(shard, seed=SEED, epoch=epoch,
-                                                               position=p) if c not in bad)
-            row.append(v)
-        out.append(row)
-    return out
+    return damaged_shard(videos, tmp_path_factory.mktemp("damaged"), _record, num_videos=14,
+                         seed=SEED, world_size=WORLD)
 
 
 def test_damaged_videos_are_replaced_from_the_shard_batches_stay_full(damaged, caplog):
@@ -369,7 +343,8 @@ def test_damaged_videos_are_replaced_from_the_shard_batches_stay_full(damaged, c
                 batches = list(loader)
                 out[workers].append(batches)
                 assert len(batches) == len(loader)
-                expected = _expected(records, bad, epoch=epoch, batch_size=3)
+                expected = expected_batches(
+                len(records), bad, seed=SEED, world_size=WORLD, epoch=epoch, batch_size=3)
                 assert [b["index"].tolist() for b in batches] == expected
                 shard = set(loader.sampler.shard().tolist())
                 scheduled = loader.sampler.indices()[:6].tolist()

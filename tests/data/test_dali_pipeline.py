@@ -11,14 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from faults import damage_in_place  # tests/faults.py (tests/ is on sys.path via conftest)
+from faults import (  # tests/faults.py (tests/ is on sys.path via conftest)
+    damage_in_place,
+    damaged_shard,
+    expected_batches,
+)
 
 from dali_fame.data import video_io
 from dali_fame.data.cpu_loader import build_cpu_loader
-from dali_fame.data.ledger import NoHealthyVideoError, substitute_candidates
+from dali_fame.data.ledger import NoHealthyVideoError
 from dali_fame.data.plan import clip_crop_window, plan_sample
 from dali_fame.data.records import VideoRecord
-from dali_fame.data.sampler import shard_indices, steps_per_epoch, train_clip_indices
+from dali_fame.data.sampler import train_clip_indices
 from dali_fame.data.shard import ShardBatchSampler
 
 pytestmark = pytest.mark.dali
@@ -241,36 +245,8 @@ def damaged(videos, tmp_path_factory):
     """14 VP9/MJPEG videos of 48 x 64 (label = index); three of rank 0's epoch-0 shard damaged
     after indexing (same size and mtime): positions 0 and 4 (in its two batches of 3) and 6
     (the drop_last leftover, scheduled in a later epoch)."""
-    root = tmp_path_factory.mktemp("damaged")
-    records = []
-    for i in range(14):
-        src = Path(videos[i % 8].path)
-        dst = root / f"c{i}{src.suffix}"
-        shutil.copyfile(src, dst)
-        records.append(_record(dst, label=i))
-    shard = shard_indices(14, epoch=0, seed=SEED, rank=0, world_size=WORLD)
-    bad = {int(shard[p]) for p in (0, 4, 6)}
-    for i in bad:
-        damage_in_place(records[i].path)
-    return records, bad
-
-
-def _expected(records, bad, *, epoch, batch_size) -> list[list[int]]:
-    """Rank 0's batches by the ledger's rule: a bad video's place goes to the first healthy
-    video of substitute_candidates."""
-    shard = shard_indices(len(records), epoch=epoch, seed=SEED, rank=0, world_size=WORLD)
-    steps = steps_per_epoch(len(records), world_size=WORLD, batch_size=batch_size)
-    out = []
-    for step in range(steps):
-        row = []
-        for p in range(step * batch_size, (step + 1) * batch_size):
-            v = int(shard[p])
-            if v in bad:
-                v = next(int(c) for c in substitute_candidates(shard, seed=SEED, epoch=epoch,
-                                                               position=p) if c not in bad)
-            row.append(v)
-        out.append(row)
-    return out
+    return damaged_shard(videos, tmp_path_factory.mktemp("damaged"), _record, num_videos=14,
+                         seed=SEED, world_size=WORLD)
 
 
 def test_damaged_videos_are_replaced_as_by_the_cpu_loader(damaged, caplog):
@@ -290,8 +266,8 @@ def test_damaged_videos_are_replaced_as_by_the_cpu_loader(damaged, caplog):
             cpu.set_epoch(epoch)
             batches = list(dali)
             assert len(batches) == len(dali)
-            assert [b["index"].tolist() for b in batches] == _expected(
-                records, bad, epoch=epoch, batch_size=3)
+            assert [b["index"].tolist() for b in batches] == expected_batches(
+                len(records), bad, seed=SEED, world_size=WORLD, epoch=epoch, batch_size=3)
             _same_batches(batches, list(cpu))
             for b in batches:
                 assert b["views"].shape == (3, 2, 16, H, W, 3)
@@ -442,6 +418,6 @@ def test_gpu_damaged_videos_are_replaced_as_on_the_cpu(damaged):
     for epoch in (0, 1):
         gpu.set_epoch(epoch)
         batches = list(gpu)
-        assert [b["index"].cpu().tolist() for b in batches] == _expected(
-            records, bad, epoch=epoch, batch_size=3)
+        assert [b["index"].cpu().tolist() for b in batches] == expected_batches(
+                len(records), bad, seed=SEED, world_size=WORLD, epoch=epoch, batch_size=3)
         assert all(b["views"].is_cuda for b in batches)
