@@ -100,9 +100,9 @@ def true_div(x: torch.Tensor, divisor: float) -> torch.Tensor:
     return x / torch.tensor(divisor, dtype=x.dtype, device=x.device)
 
 
-def _q10(u: torch.Tensor) -> torch.Tensor:
-    """Quantise float32 u in [0, 1] to 0..9: rint(u * 9 + 1) - 1 (not always rint(9u))."""
-    return torch.round(u * 9.0 + 1.0).to(torch.int32) - 1
+def _q10_float(u: torch.Tensor) -> torch.Tensor:
+    """rint(u * 9 + 1) of float32 u in [0, 1], in place: the level plus one, as an exact float."""
+    return u.mul_(9.0).add_(1.0).round_()
 
 
 def _bins_from_mean(
@@ -120,22 +120,32 @@ def _bins_from_mean(
     v = torch.maximum(torch.maximum(r, g), b)
     delta = v - torch.minimum(torch.minimum(r, g), b)
     s = delta / (v + 1e-8)
-    # Selections are written as exact arithmetic with 0/1 masks (x + 0, x * 1, 0 * finite):
-    # torch.where does not vectorise on the CPU and costs ~30x an add here.
-    dl = delta + (delta == 0)  # delta, or 1 where delta == 0
-    r_max = r == v  # the first of r, g, b wins a tie for the max
-    g_max = (g == v) & ~r_max
-    b_max = ~(r_max | g_max)
-    h6 = ((g - b) / dl) * r_max + (2.0 + (b - r) / dl) * g_max + (4.0 + (r - g) / dl) * b_max
+    # Selections are exact arithmetic with float 0/1 masks (x + 0, x * 1, 0 * finite). The masks
+    # come from in-place float comparisons (x.clone().eq_(y) holds 1.0 / 0.0): on the CPU
+    # torch.where and any bool mask mixed into float arithmetic cost ~15x an add.
+    dl = delta + delta.clone().eq_(0.0)  # delta, or 1 where delta == 0
+    r_max = r.clone().eq_(v)  # the first of r, g, b wins a tie for the max
+    g_max = g.clone().eq_(v)
+    g_max -= g_max * r_max
+    b_max = (1.0 - r_max).sub_(g_max)
+    # h6 = ((g - b) / dl) * r_max + (2 + (b - r) / dl) * g_max + (4 + (r - g) / dl) * b_max,
+    # summed left to right
+    h6 = (g - b).div_(dl).mul_(r_max)
+    h6 += (b - r).div_(dl).add_(2.0).mul_(g_max)
+    h6 += (r - g).div_(dl).add_(4.0).mul_(b_max)
     a = true_div(h6, 6.0)
-    frac = a + (a < 0)  # a + 1 where a < 0: torch.remainder(a, 1)
-    theta = frac * TWO_PI_F32
+    frac = a + a.clone().lt_(0.0)  # a + 1 where a < 0: torch.remainder(a, 1)
+    theta = frac.mul_(TWO_PI_F32)
     if legacy_hue:
-        theta = (theta * 2.0) * PI_F32
+        theta = theta.mul_(2.0).mul_(PI_F32)
     theta64 = theta.double()
-    px = (s * theta64.cos().float() + 1.0) / 2.0
-    py = (s * theta64.sin().float() + 1.0) / 2.0
-    return _q10(px) + 10 * _q10(py) + 100 * _q10(v)
+    px = theta64.cos().float().mul_(s).add_(1.0).div_(2.0)  # (s * c + 1) / 2
+    py = theta64.sin().float().mul_(s).add_(1.0).div_(2.0)
+    # q(px) + 10 q(py) + 100 q(v) with q = rint(u * 9 + 1) - 1: small integers, exact in float32
+    out = _q10_float(v).mul_(100.0)
+    out += _q10_float(py).mul_(10.0)
+    out += _q10_float(px)
+    return out.sub_(111.0).to(torch.int32)
 
 
 def motion_and_bins_ref(
@@ -161,11 +171,14 @@ def motion_and_bins_ref(
     acc = torch.int16 if 255 * t <= torch.iinfo(torch.int16).max else torch.int32
     motion_acc = torch.empty(bsz, n, dtype=acc, device=clips.device)
     mean_acc = torch.empty(bsz, n, dtype=acc, device=clips.device)
+    # two (T-1, N) uint8 scratch buffers reused by every clip (no allocation per clip)
+    diff = torch.empty(t - 1, n, dtype=torch.uint8, device=clips.device)
+    low = torch.empty_like(diff)
     for i in range(bsz):
         x = clips[i].view(t, n)
         later, earlier = x[1:], x[:-1]
-        diff = torch.maximum(later, earlier)
-        diff.sub_(torch.minimum(later, earlier))  # |a - b| exactly in uint8
+        torch.maximum(later, earlier, out=diff)
+        diff.sub_(torch.minimum(later, earlier, out=low))  # |a - b| exactly in uint8
         torch.sum(diff, dim=0, dtype=acc, out=motion_acc[i])
         torch.sum(x, dim=0, dtype=acc, out=mean_acc[i])
     # The channel sum in float32 is exact (integers below 2**24) and feeds the division directly.
@@ -217,18 +230,24 @@ def color_histograms_ref(
                 f"dali_fame.fame: {name} must be float32 ({bsz},), got "
                 f"{thr.dtype} {tuple(thr.shape)}"
             )
-    b_flat = bins.reshape(bsz, -1).long()
     s_flat = seed.reshape(bsz, -1)
     fg_t, bg_t = thr_fg[:, None], thr_bg[:, None]
-    # Category per pixel, 0..3 as in the output, 4 = none (dropped): one for the foreground pair,
-    # one for the background pair, since a pixel may belong to both (e.g. thr_fg == thr_bg).
-    # Integer arithmetic on 0/1 masks instead of torch.where, which is slow on the CPU.
-    cat_fg = 4 - 4 * (s_flat > fg_t).long() - 3 * (s_flat == fg_t).long()
-    cat_bg = 4 - 2 * (s_flat < bg_t).long() - (s_flat == bg_t).long()
-    base = torch.arange(bsz, device=bins.device)[:, None] * (5 * NUM_BINS) + b_flat
-    counts = torch.zeros(bsz * 5 * NUM_BINS, dtype=torch.int64, device=bins.device)
-    for cat in (cat_fg, cat_bg):
-        counts += torch.bincount((base + cat * NUM_BINS).reshape(-1), minlength=bsz * 5 * NUM_BINS)
+    # Histogram slot per pixel: (clip * 5 + category) * 1000 + bin, category 0..3 as in the
+    # output, 4 = none (dropped); one slot for the foreground pair, one for the background pair,
+    # since a pixel may belong to both (e.g. thr_fg == thr_bg). The slots are small integers
+    # (below 2**24), exact in float32, and the 0/1 masks come from in-place float comparisons:
+    # on the CPU bool masks, int64 arithmetic and torch.where each cost several times more.
+    clip_base = torch.arange(bsz, dtype=torch.int32, device=bins.device)[:, None] * (5 * NUM_BINS)
+    base = (bins.reshape(bsz, -1) + (clip_base + 4 * NUM_BINS)).float()
+    slots = torch.empty(2, *s_flat.shape, dtype=torch.float32, device=bins.device)
+    fg_slot, bg_slot = slots.unbind(0)
+    # category 4 - 4 * (seed > thr_fg) - 3 * (seed == thr_fg)
+    fg_slot.copy_(s_flat).gt_(fg_t).mul_(-4 * NUM_BINS).add_(base)
+    fg_slot.sub_(s_flat.clone().eq_(fg_t).mul_(3 * NUM_BINS))
+    # category 4 - 2 * (seed < thr_bg) - (seed == thr_bg)
+    bg_slot.copy_(s_flat).lt_(bg_t).mul_(-2 * NUM_BINS).add_(base)
+    bg_slot.sub_(s_flat.clone().eq_(bg_t).mul_(NUM_BINS))
+    counts = torch.bincount(slots.view(-1).to(torch.int64), minlength=bsz * 5 * NUM_BINS)
     return counts.view(bsz, 5, NUM_BINS)[:, :4].to(torch.int32).contiguous()
 
 
