@@ -66,8 +66,9 @@ def _blur_axis(x: torch.Tensor, taps: list[float], dim: int) -> torch.Tensor:
     pad = (p, p, 0, 0) if dim == 2 else (0, 0, p, p)
     xp = F.pad(x[:, None], pad, mode="reflect")[:, 0]
     out = xp.narrow(dim, p, n) * taps[p]
+    pair = torch.empty_like(out)  # one scratch map for every tap (no allocation per tap)
     for i in range(1, p + 1):
-        pair = xp.narrow(dim, p - i, n) + xp.narrow(dim, p + i, n)
+        torch.add(xp.narrow(dim, p - i, n), xp.narrow(dim, p + i, n), out=pair)
         out += pair.mul_(taps[p + i])
     return out
 
