@@ -38,6 +38,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 Collective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -117,7 +118,17 @@ class MoCo(nn.Module):
         generator: optional ``torch.Generator`` for the random initial queue.
 
     Buffers (in ``state_dict``, so checkpoints carry them): ``queue`` float32 (dim, K) with
-    L2-normalised columns, ``queue_ptr`` int64 (1,) the next column to write.
+    L2-normalised columns, ``queue_ptr`` int64 (1,) the next column to write. The pointer the
+    step reads is :attr:`_ptr`, a plain Python int beside the buffer (reading a CUDA buffer with
+    ``.item()`` would make the host wait for the GPU every step); every enqueue also writes it into
+    ``queue_ptr`` (``fill_`` with a host scalar: a launch, no synchronisation), so the state_dict
+    always holds it, and loading a state_dict sets :attr:`_ptr` back from the buffer.
+
+    DDP: ``queue`` and ``queue_ptr`` are excluded from DDP's buffer broadcast
+    (``DistributedDataParallel._set_params_and_buffers_to_ignore_for_model``): every rank writes
+    the same gathered keys at the same pointer, so the replicas' queues stay equal without
+    re-sending the (dim, K) queue from rank 0 before each forward (32 MB at K = 65536); the
+    BatchNorm buffers are still broadcast from rank 0, as MoCo's own DDP setup does.
     Submodules: ``encoder_q`` (trained), ``encoder_k`` (``requires_grad=False``), each with
     ``.backbone`` and ``.head``; :attr:`backbone` is the query backbone for evaluation.
     """
@@ -173,6 +184,12 @@ class MoCo(nn.Module):
         queue = torch.randn(dim, queue_size, generator=generator)
         self.register_buffer("queue", F.normalize(queue, dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self._ptr = 0
+        # Names relative to this module, which is what Accelerate hands to DDP. The initial
+        # queue is drawn from the caller's seeded generator, identical on every rank.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, ["queue", "queue_ptr"]
+        )
 
         # Process-group view, injected by the trainer; one process by default.
         self.rank = 0
@@ -216,8 +233,17 @@ class MoCo(nn.Module):
         """theta_k <- m * theta_k + (1 - m) * theta_q for every parameter (buffers untouched,
         as in MoCo: the key encoder keeps its own BatchNorm running statistics)."""
         m = self.momentum if momentum is None else momentum
-        for p_q, p_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
+        # Two multi-tensor launches for the whole encoder instead of two per parameter; the same
+        # per-element arithmetic as ``p_k.mul_(m).add_(p_q, alpha=1 - m)``.
+        k_params = list(self.encoder_k.parameters())
+        q_params = [p.detach() for p in self.encoder_q.parameters()]
+        torch._foreach_mul_(k_params, m)
+        torch._foreach_add_(k_params, q_params, alpha=1.0 - m)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # Once per load (a resume), not per step: the host pointer follows the loaded buffer.
+        self._ptr = int(self.queue_ptr[0])
 
     @torch.no_grad()
     def _encode_keys(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,10 +264,18 @@ class MoCo(nn.Module):
         n = keys.shape[0]
         if n > self.queue_size:
             raise ValueError(f"MoCo: {n} gathered keys do not fit a queue of {self.queue_size}")
-        ptr = int(self.queue_ptr.item())
-        idx = (ptr + torch.arange(n, device=self.queue.device)) % self.queue_size
-        self.queue[:, idx] = keys.t().to(self.queue.dtype)
-        self.queue_ptr[0] = (ptr + n) % self.queue_size
+        ptr = self._ptr
+        keys = keys.t().to(self.queue.dtype)
+        end = ptr + n
+        # Python slices from the host pointer: no index tensor, no device read.
+        if end <= self.queue_size:
+            self.queue[:, ptr:end] = keys
+        else:  # a wrap-around (only a short last batch can split; see the module doc)
+            first = self.queue_size - ptr
+            self.queue[:, ptr:] = keys[:, :first]
+            self.queue[:, : end - self.queue_size] = keys[:, first:]
+        self._ptr = end % self.queue_size
+        self.queue_ptr.fill_(self._ptr)
 
     def _contrast(
         self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor

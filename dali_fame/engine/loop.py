@@ -19,8 +19,15 @@ waiting in a collective that another rank will not join:
   checkpoint and return ``"preempted"`` (exit 0); a loader failure on any rank makes every rank
   stop with the same message (``"data_error"``, exit non-zero); ranks that disagree on the step
   or the epoch length stop at once rather than deadlock later;
-* after the forward pass, the non-finite-loss flag is gathered the same way (``"non_finite"``:
-  nothing of that step is applied, the last good checkpoint is kept);
+* the non-finite-loss check does not read the GPU every step: each step folds
+  ``isfinite(loss)`` into a device scalar (the first bad step, -1 while none), and the flag is
+  read, agreed across ranks with one gather, only where every rank is anyway and before anything
+  that would make a bad update permanent: at the logging interval, before every checkpoint,
+  before the end-of-epoch hook and at the end (``"non_finite"``). Reading it per step would stall
+  the host until the GPU drained, every step. The price, deliberate: updates after the bad step
+  may have been applied *in memory* (up to ``log_every`` steps) but none is ever saved; the run
+  stops, the message names the first bad step, ``LoopResult.state.step`` is that step (the good
+  steps done) and the last good checkpoint is what remains;
 * the step budget (``train.epochs`` x ``len(loader)``, capped by ``train.max_steps``) is a pure
   function of the config and the agreed step, hence identical on every rank.
 
@@ -67,12 +74,13 @@ class StepOutput:
 
     Attributes:
         loss: float scalar tensor (0-dim) with its graph; the engine calls backward on it.
-        metrics: plain floats to log and average over the epoch (e.g. ``{"acc1": 37.5}``, top-1
-            in percent), logged as ``train/<name>``.
+        metrics: floats or detached 0-dim tensors to log and average over the epoch (e.g.
+            ``{"acc1": 37.5}``, top-1 in percent), logged as ``train/<name>``. Tensors stay on
+            their device and are read only at the logging interval (no per-step host sync).
     """
 
     loss: torch.Tensor
-    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, float | torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -120,8 +128,10 @@ def agree(accelerator, **flags: int) -> dict[str, torch.Tensor]:
     Every rank must call it with the same keyword names in the same order. Returns, per name,
     an int64 ``(world_size,)`` CPU tensor: entry r is rank r's value.
     """
-    local = torch.tensor([int(v) for v in flags.values()], dtype=torch.int64, device=accelerator.device)
-    table = accelerator.gather(local).view(-1, len(flags)).cpu()
+    local = torch.tensor([[int(v) for v in flags.values()]], dtype=torch.int64)
+    if accelerator.num_processes == 1:  # nothing to exchange: no device copy, no device read
+        return {name: local[:, i] for i, name in enumerate(flags)}
+    table = accelerator.gather(local.to(accelerator.device)).view(-1, len(flags)).cpu()
     return {name: table[:, i] for i, name in enumerate(flags)}
 
 
@@ -179,13 +189,13 @@ class _EpochMeter:
         self.steps = 0
         self.start = time.perf_counter()
 
-    def add(self, values: dict[str, float]) -> None:
-        for name, value in values.items():
+    def add(self, values: dict[str, float | torch.Tensor]) -> None:
+        for name, value in values.items():  # device tensors are summed on the device
             self.sums[name] = self.sums.get(name, 0.0) + value
         self.steps += 1
 
     def means(self) -> dict[str, float]:
-        return {name: total / self.steps for name, total in self.sums.items()} if self.steps else {}
+        return {name: float(total) / self.steps for name, total in self.sums.items()} if self.steps else {}
 
 
 def train(
@@ -249,6 +259,23 @@ def train(
                dynamic_ncols=True)
     saved_at = -1
 
+    first_bad = None  # device int64 scalar: the first step with a non-finite loss on this rank, -1 if none
+
+    def non_finite() -> str | None:
+        """Read the folded flag, agreed over ranks (one gather); rolls ``state`` back to the
+        first bad step. Every rank calls it at the same points."""
+        local = -1 if first_bad is None else int(first_bad)
+        steps = agree(accelerator, first_bad=local)["first_bad"]
+        if not (steps >= 0).any():
+            return None
+        bad_step = int(steps[steps >= 0].min())
+        ranks = ", ".join(str(r) for r in torch.nonzero(steps == bad_step).flatten().tolist())
+        # read at least at every epoch's last step, so the bad step is in the current epoch
+        state.batch_in_epoch -= state.step - bad_step
+        state.step = bad_step
+        return (f"non-finite loss at step {bad_step} (epoch {state.epoch}, rank {ranks}); "
+                f"the last good checkpoint is kept")
+
     def checkpoint() -> None:
         nonlocal saved_at
         if saved_at != state.step:  # an epoch end can coincide with checkpoint_every_steps
@@ -288,6 +315,11 @@ def train(
                 if votes["preempt"].any():
                     # before a loader failure: a job-wide SIGTERM also kills DataLoader workers,
                     # and the state is still that of the last whole step, so saving is sound
+                    # (once the steps since the last read are known to be finite)
+                    message = non_finite()
+                    if message is not None:
+                        stop = "non_finite"
+                        break
                     checkpoint()
                     stop, message = "preempted", _preempt_message(votes["preempt"], state.step)
                     break
@@ -298,13 +330,12 @@ def train(
                 lr = set_lr(optimizer, optim_cfg, state.step, steps_per_epoch=steps_per_epoch,
                             epochs=train_cfg.epochs)
                 out = step_fn(batch, state.step)
-                bad = agree(accelerator, bad=not bool(torch.isfinite(out.loss.detach())))["bad"]
-                if bad.any():
-                    ranks = ", ".join(str(r) for r in torch.nonzero(bad).flatten().tolist())
-                    stop = "non_finite"
-                    message = (f"non-finite loss at step {state.step} (epoch {state.epoch}, rank {ranks}); "
-                               f"the last good checkpoint is kept")
-                    break
+                loss = out.loss.detach()
+                bad_now = ~torch.isfinite(loss)
+                if first_bad is None:
+                    first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
+                # device-side: keep the first bad step (no host read here, see the module doc)
+                first_bad = torch.where(bad_now & (first_bad < 0), state.step, first_bad)
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(out.loss)
                 if optim_cfg.clip_grad:
@@ -313,11 +344,20 @@ def train(
                 timer.step_done(global_batch)
                 state.step += 1
                 state.batch_in_epoch += 1
-                values = {"loss": out.loss.item(), **out.metrics}
+                values = {"loss": loss, **out.metrics}
                 meter.add(values)
                 bar.update(1)
 
-                if state.step % train_cfg.log_every == 0 or state.step == total_steps:
+                at_log = state.step % train_cfg.log_every == 0 or state.step == total_steps
+                at_ckpt = bool(train_cfg.checkpoint_every_steps) and state.step % train_cfg.checkpoint_every_steps == 0
+                at_epoch_end = state.batch_in_epoch >= steps_per_epoch
+                if at_log or at_ckpt or at_epoch_end:  # the same steps on every rank
+                    message = non_finite()
+                    if message is not None:
+                        stop = "non_finite"
+                        break
+                if at_log:
+                    values = {k: float(v) for k, v in values.items()}  # the interval's one device read
                     speed = timer.snapshot()
                     logged = {f"train/{k}": v for k, v in values.items()}
                     logged.update({"train/lr": lr, "train/clips_per_s": speed["clips_per_s"],
