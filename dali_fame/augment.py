@@ -17,7 +17,7 @@ jitter; the crop and flip already happened in the loader):
 
 Every random draw is made once per clip (so all frames of a clip get the identical transform),
 from a ``torch.Generator`` on the CPU that the caller passes: the parameters are then moved to the
-clips' device, so a seeded run gives the same augmentations on CPU and GPU. The ops follow
+clips' device in one packed, pinned, non-blocking copy, so a seeded run gives the same augmentations on CPU and GPU. The ops follow
 torchvision's ``transforms.v2.functional`` definitions (contrast uses each frame's mean luma, as
 the image op applied frame by frame would).
 
@@ -157,6 +157,31 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
+def _to_device_packed(
+    indices: list[torch.Tensor], factors: torch.Tensor, device: torch.device
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Move CPU int64 index lists and float32 factors (R, B) to ``device`` in one transfer.
+
+    Packed as bytes (the int64 part first, so both parts stay aligned for ``view``), pinned when
+    the target is CUDA, copied with ``non_blocking=True`` and sliced there. On the CPU the same
+    tensors come back unchanged in value (a no-op ``.to``).
+    """
+    ints = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64)
+    packed = torch.cat((ints.view(torch.uint8), factors.contiguous().view(-1).view(torch.uint8)))
+    if device.type == "cuda":
+        packed = packed.pin_memory().to(device, non_blocking=True)
+    else:
+        packed = packed.to(device)
+    n_int = ints.numel() * 8
+    dev_ints = packed[:n_int].view(torch.int64)
+    dev_factors = packed[n_int:].view(torch.float32).view(factors.shape)
+    out, start = [], 0
+    for part in indices:
+        out.append(dev_ints[start:start + part.numel()])
+        start += part.numel()
+    return out, dev_factors
+
+
 class ClipAugment:
     """Colour jitter, grayscale, blur and normalisation with one draw per clip.
 
@@ -232,32 +257,48 @@ class ClipAugment:
         device = clips.device
         if params is None:
             params = self.draw(clips.shape[0], generator)
-        x = clips.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, T, H, W)
+        # Every index list is decided on the host (CPU tensors, host-side counts); the indices and
+        # the factors then travel together: one packed, pinned, non-blocking copy per call
+        # instead of one small pageable copy per op (each of which waits for the GPU).
         gray = torch.nonzero(params.gray).flatten()
-        if gray.numel():
-            x = self._apply(x, gray, lambda part: _luma(part).expand(-1, 3, -1, -1, -1))
-        factors = (params.brightness, params.contrast, params.saturation, params.hue)
-        jitter = params.jitter
+        selections = []  # (slot op, host indices)
         for slot in range(4):
-            for op_index, op in enumerate(_JITTER_OPS):
-                sel = torch.nonzero(jitter & (params.order[:, slot] == op_index)).flatten()
-                if sel.numel():
-                    x = self._apply(x, sel, lambda part, s=sel, o=op, i=op_index:
-                                    o(part, factors[i][s].to(device)))
+            for op_index in range(len(_JITTER_OPS)):
+                sel = torch.nonzero(params.jitter & (params.order[:, slot] == op_index)).flatten()
+                selections.append((op_index, sel))
         blur = torch.nonzero(params.blur).flatten()
+        index_parts = [gray, *(sel for _, sel in selections), blur]
+        factors = torch.stack((params.brightness, params.contrast, params.saturation, params.hue,
+                               params.sigma)).float()  # (5, B)
+        dev_indices, dev_factors = _to_device_packed(index_parts, factors, device)
+        dev_gray, dev_blur = dev_indices[0], dev_indices[-1]
+
+        x = clips.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, T, H, W)
+        if gray.numel():
+            x = self._apply(x, dev_gray, lambda part: _luma(part).expand(-1, 3, -1, -1, -1))
+        for (op_index, sel), dev_sel in zip(selections, dev_indices[1:-1]):
+            if sel.numel():
+                x = self._apply(x, dev_sel, lambda part, s=dev_sel, o=_JITTER_OPS[op_index], i=op_index:
+                                o(part, dev_factors[i].index_select(0, s)))
         if blur.numel():
-            x = self._apply(x, blur, lambda part: gaussian_blur(
-                part, params.sigma[blur].to(device), self.kernel_size))
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1, 1)
+            x = self._apply(x, dev_blur, lambda part: gaussian_blur(
+                part, dev_factors[4].index_select(0, dev_blur), self.kernel_size))
+        mean, std = self._stats(device)
         return x.sub_(mean).div_(std)
 
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean, std float32 (1, 3, 1, 1, 1) on ``device``, built once per device."""
+        cache = self.__dict__.setdefault("_stats_cache", {})
+        if device not in cache:
+            cache[device] = tuple(torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1, 1).to(device)
+                                  for v in (self.mean, self.std))
+        return cache[device]
+
     @staticmethod
-    def _apply(x: torch.Tensor, sel: torch.Tensor, fn) -> torch.Tensor:
-        """Run ``fn`` on the clips ``sel`` (CPU int64 indices) only and write them back."""
-        if sel.numel() == x.shape[0]:
+    def _apply(x: torch.Tensor, index: torch.Tensor, fn) -> torch.Tensor:
+        """Run ``fn`` on the clips ``index`` (int64 on x's device) only and write them back."""
+        if index.numel() == x.shape[0]:
             return fn(x).contiguous()
-        index = sel.to(x.device)
         # In place: x is this call's own float copy of the clips.
         return x.index_copy_(0, index, fn(x.index_select(0, index)).contiguous())
 
