@@ -104,6 +104,8 @@ def main(argv=None) -> int:
                          f"{local_batch} per process: lower train.batch_size")
 
     # --- model, debiasing, augmentation, optimizer ----------------------------------------
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed clip shapes: pick each conv's algorithm once
     fame_backend = select_fame_backend(cfg.debias.backend)
     both = cfg.debias.views == "both"
     if cfg.debias.method == "fame":
@@ -144,13 +146,17 @@ def main(argv=None) -> int:
         elif debias is not None:
             out = debias(v0, v1, generator=gen)
             v0, v1 = out.view0, out.view1
-        x0, x1 = augment(v0, generator=gen), augment(v1, generator=gen)  # (B, 3, T, H, W) float
+        # contiguous NCDHW for both encoders (ClipAugment's output has channels_last_3d strides;
+        # the key encoder's shuffle path makes its input contiguous): one memory format, one
+        # set of cuDNN kernels for the query and the key encoder
+        x0 = augment(v0, generator=gen).contiguous()  # (B, 3, T, H, W) float
+        x1 = augment(v1, generator=gen).contiguous()
         with accelerator.autocast():
             result = model(x0, x1)
         if cfg.train.image_every and (step + 1) % cfg.train.image_every == 1 and accelerator.is_main_process:
             grid = clip_mask_grid(views[0, 0], None if masks is None else masks[0], v0[0])
             accelerator.get_tracker("tensorboard", unwrap=True).add_image("fame/clip_mask_merged", grid, step + 1)
-        return StepOutput(loss=result["loss"], metrics={"acc1": float(result["acc1"])})
+        return StepOutput(loss=result["loss"], metrics={"acc1": result["acc1"].detach()})  # read at the log interval
 
     run = train(accelerator=accelerator, model=model, optimizer=optimizer, loader=loader, step_fn=moco_step,
                    state=state, run_dir=run_dir, config=config_dict, train_cfg=cfg.train, optim_cfg=cfg.optim,

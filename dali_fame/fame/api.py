@@ -142,10 +142,27 @@ def _check_perm(perm: torch.Tensor, batch_size: int, device: torch.device) -> to
     ):
         got = f"{perm.dtype} {tuple(perm.shape)}" if isinstance(perm, torch.Tensor) else type(perm)
         raise ValueError(f"dali_fame.fame: perm must be an int64 tensor ({batch_size},), got {got}")
-    # A kernel would read out of bounds with a bad index: worth one tiny host sync.
+    # A kernel would read out of bounds with a bad index. A CPU perm (the trainer draws it on
+    # its CPU generator) is checked on the host and sent in one pinned non-blocking copy: no
+    # wait for the GPU. A perm already on the GPU costs one tiny host read to check.
     if not torch.equal(perm.cpu().sort().values, torch.arange(batch_size)):
         raise ValueError(f"dali_fame.fame: perm must be a permutation of 0..{batch_size - 1}")
+    if perm.device.type == "cpu" and device.type == "cuda":
+        return perm.pin_memory().to(device, non_blocking=True)
     return perm.to(device)
+
+
+_STATS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _stats(mean, std, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (3,) mean and std on ``device``, built once per (values, device): a fresh
+    ``torch.tensor(..., device=cuda)`` per call is a pageable copy that waits for the GPU."""
+    key = (tuple(float(v) for v in mean), tuple(float(v) for v in std), str(device))
+    if key not in _STATS:
+        _STATS[key] = (torch.tensor(key[0], dtype=torch.float32).to(device),
+                       torch.tensor(key[1], dtype=torch.float32).to(device))
+    return _STATS[key]
 
 
 def _check_mask(mask: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
@@ -259,8 +276,7 @@ def fame_merge_normalize(
     mask = _check_mask(mask, clips)
     perm = _check_perm(perm, clips.shape[0], clips.device)
     impl = resolve_ops(backend, clips.device)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=clips.device)
-    std_t = torch.tensor(std, dtype=torch.float32, device=clips.device)
+    mean_t, std_t = _stats(mean, std, clips.device)
     with nvtx_range("fame_merge_normalize", clips):
         if background is None and clips.dtype == torch.uint8:
             return impl.merge_normalize(clips, mask, perm, mean_t, std_t)
