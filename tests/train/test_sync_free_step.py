@@ -15,8 +15,8 @@ import torch
 from dali_fame.augment import ClipAugment
 from dali_fame.engine.loop import step_generator
 from dali_fame.fame import FAME
-from dali_fame.models import build_backbone
 from dali_fame.moco import MoCo
+from dali_fame.models import build_backbone
 
 
 @pytest.mark.cuda
