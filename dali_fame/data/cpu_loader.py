@@ -98,9 +98,6 @@ def crop_resize_flip(frames: np.ndarray, window: CropWindow | None, size: int | 
 # --------------------------------------------------------------------------------------------
 # dataset and loader
 
-#: How many failed paths the NoHealthyVideoError message names.
-_NAMED_FAILURES = 5
-
 
 @dataclasses.dataclass(frozen=True)
 class ShardExhausted:
@@ -369,26 +366,13 @@ class CPUClipLoader:
                 self.ledger.fail(failure)
             exhausted = batch.pop("exhausted")
             if exhausted is not None:
-                raise NoHealthyVideoError(self._exhausted_message(exhausted))
+                raise NoHealthyVideoError.for_shard(
+                    exhausted.failures, rank=self.sampler.rank, world_size=self.sampler.world_size,
+                    epoch=exhausted.epoch, video=exhausted.index, shard_size=exhausted.shard_size)
             replaced, short = int(batch.pop("replaced")), int(batch.pop("short"))
             self.ledger.count(delivered=int(batch["index"].shape[0]) - replaced,
                               replaced=replaced, short=short)
             yield batch
-
-    def _exhausted_message(self, exhausted: ShardExhausted) -> str:
-        failed: dict[int, FailedVideo] = {}
-        for item in exhausted.failures:
-            failed.setdefault(item.index, item)
-        named = ", ".join(f.path for f in list(failed.values())[:_NAMED_FAILURES])
-        more = len(failed) - _NAMED_FAILURES
-        first = next(iter(failed.values()))
-        return (
-            f"rank {self.sampler.rank} of {self.sampler.world_size}, epoch {exhausted.epoch}: "
-            f"video {exhausted.index} failed to load and no video of this rank's shard can "
-            f"replace it: {len(failed)} of its {exhausted.shard_size} videos failed: {named}"
-            + (f" and {more} more" if more > 0 else "")
-            + f" (first error: {first.reason})"
-        )
 
 
 def build_cpu_loader(

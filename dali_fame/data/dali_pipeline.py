@@ -76,8 +76,6 @@ logger = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "gpu")
 
-#: How many failed paths the NoHealthyVideoError message names (as the CPU loader).
-_NAMED_FAILURES = 5
 
 # Why the file bytes are read by ``fn.io.file.read`` in DALI's C++ threads rather than by a
 # parallel external source (``parallel=True``, Python worker processes):
@@ -262,22 +260,11 @@ class ClipSource:
 
     def no_healthy(self, position: int) -> NoHealthyVideoError:
         """The error when nothing of the shard can stand in for ``position`` any more."""
-        own = int(self._shard[position])
         shard = set(self._shard.tolist())
-        failed: dict[int, FailedVideo] = {}
-        for item in self.ledger.failures:
-            if item.index in shard:
-                failed.setdefault(item.index, item)
-        named = ", ".join(f.path for f in list(failed.values())[:_NAMED_FAILURES])
-        more = len(failed) - _NAMED_FAILURES
-        first = next(iter(failed.values()), None)
-        return NoHealthyVideoError(
-            f"rank {self.sampler.rank} of {self.sampler.world_size}, epoch {self._epoch}: "
-            f"video {own} failed to load and no video of this rank's shard can replace it: "
-            f"{len(failed)} of its {len(self._shard)} videos failed: {named}"
-            + (f" and {more} more" if more > 0 else "")
-            + (f" (first error: {first.reason})" if first else "")
-        )
+        return NoHealthyVideoError.for_shard(
+            [f for f in self.ledger.failures if f.index in shard], rank=self.sampler.rank,
+            world_size=self.sampler.world_size, epoch=self._epoch,
+            video=int(self._shard[position]), shard_size=len(self._shard))
 
     def _slot(self, position: int, bad: set[int]) -> _Slot:
         own = video = int(self._shard[position])

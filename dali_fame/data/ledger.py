@@ -48,6 +48,25 @@ class FailedVideo:
 class NoHealthyVideoError(RuntimeError):
     """Every candidate substitute of a rank's shard failed: training cannot continue."""
 
+    @classmethod
+    def for_shard(cls, failures, *, rank: int, world_size: int, epoch: int, video: int,
+                  shard_size: int, named: int = 5) -> NoHealthyVideoError:
+        """The error both loaders raise: the rank, the epoch, the video whose place cannot be
+        filled, how many of the shard's videos failed, the first ``named`` paths and the first
+        error. ``failures``: the :class:`FailedVideo` records of this shard (repeats allowed)."""
+        failed: dict[int, FailedVideo] = {}
+        for item in failures:
+            failed.setdefault(item.index, item)
+        paths = ", ".join(f.path for f in list(failed.values())[:named])
+        more = len(failed) - named
+        first = next(iter(failed.values()), None)
+        return cls(
+            f"rank {rank} of {world_size}, epoch {epoch}: video {video} failed to load and no "
+            f"video of this rank's shard can replace it: {len(failed)} of its {shard_size} "
+            f"videos failed: {paths}" + (f" and {more} more" if more > 0 else "")
+            + (f" (first error: {first.reason})" if first else "")
+        )
+
 
 def substitute_candidates(
     shard: np.ndarray, *, seed: int, epoch: int, position: int

@@ -2,8 +2,9 @@
 
 The built-in synthetic dataset is generated once (by the main process) into the cache
 directory, so ``accelerate launch train/pretrain.py`` and the evaluation scripts run out of the
-box on a fresh machine. Real datasets go through the validated index (cached; bad files are
-reported and skipped, never fatal).
+box on a fresh machine. Real datasets go through the validated index (cached; files bad at indexing
+are reported and left out, never fatal; files that go bad later are replaced by the loaders,
+see :mod:`dali_fame.data.ledger`).
 """
 
 from __future__ import annotations
