@@ -25,7 +25,15 @@ Output of :func:`generate_dataset` (``out_dir``)::
     gt/<video_id>.npz                      class int64 (), scene int64 (), masks bool (T, H, W),
                                            distractor_masks bool (T, H, W), centers float32
                                            (T, 2) object centre (x, y) in pixels
-    meta.json                              options, class names, per-video table, realised bias
+    same_scene/                            every test video again, on its class's own scene
+                                           (same object, trajectory, distractor and shake):
+                                           the test split with the bias the training split
+                                           has, next to the main test split's swapped scenes
+      videos/<class_name>/<video_id>.<ext>
+      classInd.txt, testlist01.txt         UCF101 style, paths relative to same_scene/videos
+      gt/<video_id>.npz                    as gt/ (scene = the class's own)
+    meta.json                              options, class names, per-video table, realised bias,
+                                           the same-scene table
 
 Everything is a pure function of the options: each video draws from its own
 ``np.random.Generator`` seeded by ``(seed, class, index)``, so the files do not depend on the
@@ -68,7 +76,11 @@ MOTIONS: tuple[str, ...] = (
 )
 
 FORMAT_NAME = "dali_fame.synthetic"
-FORMAT_VERSION = 1
+#: 2: the same_scene/ test set. A cached dataset of another version is generated again
+#: (see :func:`is_current`).
+FORMAT_VERSION = 2
+#: folder (under out_dir) of the test videos re-rendered on their class's own scene
+SAME_SCENE_DIR = "same_scene"
 #: the files and folders generate_dataset writes at the top of out_dir (overwrite removes these)
 OWNED_ENTRIES = (
     "videos",
@@ -79,6 +91,7 @@ OWNED_ENTRIES = (
     "annotations.csv",
     "meta.json",
     "preview.png",
+    SAME_SCENE_DIR,
 )
 _MIN_SIZE = 16
 _SCENE_PATTERNS = 6  # stripes, tiles, dots, waves, bricks, blotches
@@ -156,6 +169,8 @@ class DatasetInfo:
         bias_train, bias_test: the requested probabilities of a video lying on its class's scene.
         videos: every video, in label then index order.
         seconds: wall time of the generation.
+        same_scene: the same-scene test set (:func:`plan_same_scene`): one row per test video,
+            path under ``same_scene/videos``, scene = the class's own.
     """
 
     out_dir: Path
@@ -171,6 +186,7 @@ class DatasetInfo:
     bias_test: float
     videos: tuple[SyntheticVideo, ...]
     seconds: float
+    same_scene: tuple[SyntheticVideo, ...] = ()
 
     def split_count(self, split: str) -> int:
         return sum(v.split == split for v in self.videos)
@@ -796,6 +812,23 @@ def plan_videos(
     return videos
 
 
+def plan_same_scene(videos: Sequence[SyntheticVideo], *, num_scenes: int) -> list[SyntheticVideo]:
+    """The same-scene test set: every test video of ``videos`` moved onto its class's own scene.
+
+    A row keeps the video's id, label and index (so :func:`render_video` draws the same object,
+    trajectory, distractor and shake); its scene becomes ``label mod num_scenes`` and its path
+    moves under :data:`SAME_SCENE_DIR` (``same_scene/videos/<class>/<video_id><suffix>``). With
+    the default ``bias_test=0`` the main test split shows every motion on another class's scene
+    and this set shows the very same clips on their own scene: a model that reads the scene
+    scores high here and low there, one that reads the motion scores the same on both.
+    """
+    return [
+        dataclasses.replace(v, path=f"{SAME_SCENE_DIR}/{v.path}", scene=v.label % num_scenes)
+        for v in videos
+        if v.split == "test"
+    ]
+
+
 def _render_planned(video: SyntheticVideo, opts: dict) -> RenderedVideo:
     """Re-render a planned video from the dataset options (num_frames, height, width, seed,
     distractor, camera_shake): the generator and ``--inspect`` must draw exactly the same frames."""
@@ -823,7 +856,7 @@ def _make_video(job: dict) -> str:
     video_io.write_video(partial, rendered.frames, fps=job["fps"], codec=job["codec"])
     os.replace(partial, final)
     save_npz_deterministic(
-        out_dir / "gt" / f"{video.video_id}.npz",
+        out_dir / job["gt_dir"] / f"{video.video_id}.npz",
         {
             "class": np.int64(video.label),
             "scene": np.int64(video.scene),
@@ -896,6 +929,7 @@ def generate_dataset(
         seed=seed,
     )
     scenes = num_classes if num_scenes is None else int(num_scenes)
+    same_scene = plan_same_scene(videos, num_scenes=scenes)
     if num_workers is not None and (not _is_int(num_workers) or num_workers < 1):
         raise ValueError(f"num_workers must be a positive integer or None, got {num_workers!r}")
     out_dir = Path(out_dir)
@@ -912,9 +946,12 @@ def generate_dataset(
                 shutil.rmtree(entry)
             elif entry.exists():
                 entry.unlink()
-    (out_dir / "gt").mkdir(parents=True, exist_ok=True)
+    same_gt = f"{SAME_SCENE_DIR}/gt"
+    for folder in ("gt", same_gt):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
     for name in MOTIONS[:num_classes]:
-        (out_dir / "videos" / name).mkdir(parents=True, exist_ok=True)
+        for videos_dir in ("videos", f"{SAME_SCENE_DIR}/videos"):
+            (out_dir / videos_dir / name).mkdir(parents=True, exist_ok=True)
 
     common = {
         "out_dir": str(out_dir),
@@ -927,7 +964,8 @@ def generate_dataset(
         "distractor": bool(distractor),
         "camera_shake": bool(camera_shake),
     }
-    jobs = [dict(common, video=v) for v in videos]
+    jobs = [dict(common, video=v, gt_dir="gt") for v in videos]
+    jobs += [dict(common, video=v, gt_dir=same_gt) for v in same_scene]
     workers = num_workers or (1 if len(jobs) < 16 else max(1, min(2, os.cpu_count() or 1)))
     from tqdm.auto import tqdm
 
@@ -954,7 +992,7 @@ def generate_dataset(
         bar.close()
 
     class_names = MOTIONS[:num_classes]
-    _write_annotations(out_dir, class_names, videos)
+    _write_annotations(out_dir, class_names, videos, same_scene)
     options = {
         "num_classes": int(num_classes),
         "videos_per_class": int(videos_per_class),
@@ -991,8 +1029,13 @@ def generate_dataset(
             "split_files": "trainlist01.txt, testlist01.txt (paths relative to videos/, labels 1-based)",
             "annotations": "annotations.csv (path relative to this folder, label 0-based, split, scene)",
             "ground_truth": "gt/<video_id>.npz: class, scene, masks bool (T,H,W), distractor_masks, centers",
+            "same_scene": (
+                f"{SAME_SCENE_DIR}/: the test videos on their class's own scene; videos/, gt/, "
+                "classInd.txt, testlist01.txt (paths relative to its videos/)"
+            ),
         },
         "videos": [dataclasses.asdict(v) for v in videos],
+        "same_scene": [dataclasses.asdict(v) for v in same_scene],
     }
     text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=False) + "\n"
     (out_dir / "meta.json").write_text(text)
@@ -1010,21 +1053,31 @@ def generate_dataset(
         bias_test=float(bias_test),
         videos=tuple(videos),
         seconds=time.perf_counter() - started,
+        same_scene=tuple(same_scene),
     )
 
 
 def _write_annotations(
-    out_dir: Path, class_names: Sequence[str], videos: Sequence[SyntheticVideo]
+    out_dir: Path,
+    class_names: Sequence[str],
+    videos: Sequence[SyntheticVideo],
+    same_scene: Sequence[SyntheticVideo],
 ) -> None:
-    (out_dir / "classInd.txt").write_text(
-        "".join(f"{i + 1} {n}\n" for i, n in enumerate(class_names))
-    )
+    class_index = "".join(f"{i + 1} {n}\n" for i, n in enumerate(class_names))
+    (out_dir / "classInd.txt").write_text(class_index)
     rel = [v.path.removeprefix("videos/") for v in videos]
     (out_dir / "trainlist01.txt").write_text(
         "".join(f"{r} {v.label + 1}\n" for r, v in zip(rel, videos) if v.split == "train")
     )
     (out_dir / "testlist01.txt").write_text(
         "".join(f"{r}\n" for r, v in zip(rel, videos) if v.split == "test")
+    )
+    # The same-scene set is a UCF101-style dataset of its own (a test list only), so an
+    # evaluation reads it with the reader that reads the main split: root same_scene/.
+    same_dir = out_dir / SAME_SCENE_DIR
+    (same_dir / "classInd.txt").write_text(class_index)
+    (same_dir / "testlist01.txt").write_text(
+        "".join(f"{v.path.removeprefix(f'{SAME_SCENE_DIR}/videos/')}\n" for v in same_scene)
     )
     with open(out_dir / "annotations.csv", "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -1034,6 +1087,27 @@ def _write_annotations(
 
 
 # ------------------------------------------------------------------------------- inspect
+
+
+def _gt_path(out_dir: Path, video: SyntheticVideo) -> Path:
+    """gt/<video_id>.npz, or same_scene/gt/<video_id>.npz for a same-scene row."""
+    same = video.path.startswith(f"{SAME_SCENE_DIR}/")
+    return out_dir / (f"{SAME_SCENE_DIR}/gt" if same else "gt") / f"{video.video_id}.npz"
+
+
+def is_current(out_dir: str | Path) -> bool:
+    """True when ``out_dir`` holds a complete dataset of this generator's :data:`FORMAT_VERSION`.
+
+    meta.json is written last, so a dataset whose generation was interrupted has none; a cache
+    written by an older version (e.g. without ``same_scene/``) is not current and is generated
+    again by :func:`dali_fame.engine.data.ensure_synthetic`.
+    """
+    path = Path(out_dir) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("format") == FORMAT_NAME and meta.get("version") == FORMAT_VERSION
 
 
 def load_meta(out_dir: str | Path) -> dict:
@@ -1067,7 +1141,19 @@ def inspect_dataset(out_dir: str | Path, *, videos_to_check: int = 1) -> dict:
     opts = meta["options"]
     scenes = opts["num_scenes"]
     videos = [SyntheticVideo(**v) for v in meta["videos"]]
+    same_scene = [SyntheticVideo(**v) for v in meta.get("same_scene", [])]
     problems: list[str] = []
+    if meta.get("version") != FORMAT_VERSION:
+        problems.append(
+            f"format version {meta.get('version')} is not {FORMAT_VERSION} (this generator's): "
+            "generate the dataset again (--overwrite)"
+        )
+    expected = plan_same_scene(videos, num_scenes=scenes)
+    if same_scene != expected:
+        problems.append(
+            f"the same-scene table lists {len(same_scene)} videos; the test split asks for "
+            f"{len(expected)} (one per test video, on its class's scene)"
+        )
     counts: dict[str, dict[str, int]] = {}
     for name in meta["class_names"]:
         counts[name] = {"train": 0, "test": 0, "own_train": 0, "own_test": 0}
@@ -1078,7 +1164,8 @@ def inspect_dataset(out_dir: str | Path, *, videos_to_check: int = 1) -> dict:
         row[v.split] += 1
         row[f"own_{v.split}"] += int(v.scene == v.label % scenes)
         scene_use[v.scene] += 1
-        for path in (out_dir / v.path, out_dir / "gt" / f"{v.video_id}.npz"):
+    for v in videos + same_scene:
+        for path in (out_dir / v.path, _gt_path(out_dir, v)):
             if not path.is_file():
                 missing.append(str(path))
     if missing:
@@ -1093,11 +1180,14 @@ def inspect_dataset(out_dir: str | Path, *, videos_to_check: int = 1) -> dict:
     max_mean, max_p99 = video_io.CODEC_TOLERANCE[opts["codec"]]
     checks = []
     for name in meta["class_names"]:
-        for v in [v for v in videos if v.class_name == name][:videos_to_check]:
+        picked = [v for v in videos if v.class_name == name][:videos_to_check]
+        picked += [v for v in same_scene if v.class_name == name][:videos_to_check]
+        for v in picked:
             path = out_dir / v.path
             if not path.is_file():
                 continue
-            check: dict = {"video_id": v.video_id, "split": v.split, "scene": v.scene}
+            split = "same" if v in same_scene else v.split
+            check: dict = {"video_id": v.video_id, "split": split, "scene": v.scene}
             try:
                 info = video_io.probe_video(path)
                 decoded = video_io.read_frames(path)
@@ -1105,7 +1195,7 @@ def inspect_dataset(out_dir: str | Path, *, videos_to_check: int = 1) -> dict:
                 problems.append(str(exc))
                 continue
             rendered = _render_planned(v, opts)
-            with np.load(out_dir / "gt" / f"{v.video_id}.npz") as gt:
+            with np.load(_gt_path(out_dir, v)) as gt:
                 masks = gt["masks"]
                 gt_class, gt_scene = int(gt["class"]), int(gt["scene"])
             check.update(
@@ -1150,6 +1240,7 @@ def inspect_dataset(out_dir: str | Path, *, videos_to_check: int = 1) -> dict:
     return {
         "meta": meta,
         "counts": counts,
+        "same_scene": len(same_scene),
         "scenes": scene_use,
         "missing": missing,
         "checks": checks,
@@ -1180,6 +1271,10 @@ def format_report(report: dict) -> str:
     lines += [
         "",
         "videos per scene: " + ", ".join(f"{s}: {n}" for s, n in report["scenes"].items()),
+        (
+            f"same-scene test set ({SAME_SCENE_DIR}/): {report['same_scene']} videos, the test "
+            "videos on their class's own scene"
+        ),
         (
             f"bias realised (share on own scene): train {br['train']:.3f} (asked {o['bias_train']:g}), "
             f"test {br['test']:.3f} (asked {o['bias_test']:g})"
@@ -1356,6 +1451,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  splits:       {out / 'classInd.txt'}, trainlist01.txt, testlist01.txt (UCF101 style)")
     print(f"  annotations:  {out / 'annotations.csv'} (path,label,split,scene)")
     print(f"  ground truth: {out / 'gt'}/<video_id>.npz (class, scene, masks bool (T,H,W))")
+    print(
+        f"  same scene:   {out / SAME_SCENE_DIR} ({len(info.same_scene)} test videos on their "
+        "class's own scene: videos/, gt/, classInd.txt, testlist01.txt)"
+    )
     print(
         f"  bias realised (share on own scene): train {info.realised_bias('train'):.3f} "
         f"(asked {info.bias_train:g}), test {info.realised_bias('test'):.3f} (asked {info.bias_test:g})"

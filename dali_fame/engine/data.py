@@ -38,11 +38,12 @@ def synthetic_root(data: DataConfig) -> Path:
 
 
 def ensure_synthetic(data: DataConfig, *, is_main: bool, wait) -> Path:
-    """Generate the built-in dataset if missing (main process only; others wait). Returns its root."""
-    from dali_fame.data.synthetic import generate_dataset
+    """Generate the built-in dataset if missing or of an older format version (main process
+    only; others wait). Returns its root."""
+    from dali_fame.data.synthetic import generate_dataset, is_current
 
     root = synthetic_root(data)
-    if is_main and not (root / "meta.json").is_file():
+    if is_main and not is_current(root):
         logger.info("generating the built-in synthetic dataset into %s (once)", root)
         generate_dataset(root, codec=data.synthetic_codec, overwrite=root.exists(), **SYNTHETIC_DEFAULTS)
     wait()

@@ -92,13 +92,77 @@ def test_layout_split_files_and_annotations(datasets):
             assert gt["masks"].dtype == bool and gt["masks"].shape == (12, 64, 64)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["options"]["codec"] == "h264" and meta["num_videos"] == 6
+    assert meta["version"] == synthetic.FORMAT_VERSION and synthetic.is_current(out)
+
+
+def test_same_scene_set_is_the_test_split_on_its_own_scene(datasets):
+    """same_scene/ holds every test video again, on its class's scene, readable as UCF101."""
+    from dali_fame.data.readers import read_dataset
+
+    info = datasets["h264"]  # 3 scenes, bias_test 0: every test video is on another scene
+    out, same = info.out_dir, info.out_dir / "same_scene"
+    tests = [v for v in info.videos if v.split == "test"]
+    assert [v.video_id for v in info.same_scene] == [v.video_id for v in tests]
+    assert all(v.scene != v.label % 3 for v in tests)
+    assert [v.scene for v in info.same_scene] == [v.label % 3 for v in tests]
+    meta = json.loads((out / "meta.json").read_text())
+    assert [synthetic.SyntheticVideo(**row) for row in meta["same_scene"]] == list(info.same_scene)
+    assert (same / "classInd.txt").read_bytes() == (out / "classInd.txt").read_bytes()
+    # the same relative paths as the main test list, under same_scene/videos
+    assert (same / "testlist01.txt").read_text() == (out / "testlist01.txt").read_text()
+    spec = read_dataset(str(same), format="ucf101", split="test")
+    assert spec.class_names == list(info.class_names)
+    assert [(Path(e.path), e.label) for e in spec.entries] == [
+        (out / v.path, v.label) for v in info.same_scene
+    ]
+    for main, moved in zip(tests, info.same_scene):
+        with np.load(out / "gt" / f"{main.video_id}.npz") as a, np.load(
+            same / "gt" / f"{moved.video_id}.npz"
+        ) as b:
+            assert int(b["scene"]) == moved.scene and int(b["class"]) == main.label
+            np.testing.assert_array_equal(a["masks"], b["masks"])  # same object and trajectory
+            np.testing.assert_array_equal(a["centers"], b["centers"])
+        # decoded: the same object where the mask is, another scene around it
+        masks = np.load(out / "gt" / f"{main.video_id}.npz")["masks"]
+        x = video_io.read_frames(out / main.path).astype(np.int16)
+        y = video_io.read_frames(out / moved.path).astype(np.int16)
+        inner = masks & ~_border(masks)  # codec blocks mix the object's edge with the scene
+        assert inner.any() and np.abs(x - y)[inner].mean() < 8 and np.abs(x - y)[~masks].mean() > 10, main.video_id
+    # the main splits never list a same-scene file
+    assert "same_scene" not in (out / "trainlist01.txt").read_text()
+
+
+def _border(masks: np.ndarray, width: int = 3) -> np.ndarray:
+    """bool (T, H, W): pixels within ``width`` of a mask edge (either side)."""
+    grown, shrunk = masks.copy(), masks.copy()
+    for _ in range(width):
+        for axis in (1, 2):
+            for step in (1, -1):
+                grown |= np.roll(grown, step, axis=axis)
+                shrunk &= np.roll(shrunk, step, axis=axis)
+    return grown & ~shrunk
+
+
+def test_an_old_or_unfinished_dataset_is_not_current(tmp_path):
+    out = tmp_path / "ds"
+    synthetic.generate_dataset(out, **dict(TINY, num_classes=1, num_frames=3, size=32))
+    assert synthetic.is_current(out)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps(dict(meta, version=1)))
+    assert not synthetic.is_current(out)
+    report = synthetic.inspect_dataset(out)
+    assert any("format version 1" in p for p in report["problems"])
+    (out / "meta.json").write_text("{trunc")
+    assert not synthetic.is_current(out)
+    (out / "meta.json").unlink()
+    assert not synthetic.is_current(out)
 
 
 @pytest.mark.parametrize("codec", video_io.CODECS)
 def test_every_video_decodes_to_the_generators_frames(datasets, codec):
     info = datasets[codec]
     max_mean, max_p99 = video_io.CODEC_TOLERANCE[codec]
-    for v in info.videos:
+    for v in info.videos + info.same_scene:
         path = info.out_dir / v.path
         probe = video_io.probe_video(path)
         assert (probe.num_frames, probe.width, probe.height) == (12, info.width, info.height)
@@ -110,7 +174,8 @@ def test_every_video_decodes_to_the_generators_frames(datasets, codec):
             v.video_id,
             err.mean(),
         )
-        with np.load(info.out_dir / "gt" / f"{v.video_id}.npz") as gt:
+        gt_dir = info.out_dir / ("same_scene/gt" if v in info.same_scene else "gt")
+        with np.load(gt_dir / f"{v.video_id}.npz") as gt:
             np.testing.assert_array_equal(gt["masks"], rendered.masks)
 
 
@@ -247,7 +312,9 @@ def test_bias_probability_and_other_scenes_uniform():
 def _files(folder: Path) -> dict[str, bytes]:
     names = ["meta.json", "annotations.csv", "classInd.txt", "trainlist01.txt", "testlist01.txt"]
     files = {n: (folder / n).read_bytes() for n in names}
-    files.update({f"gt/{p.name}": p.read_bytes() for p in sorted((folder / "gt").iterdir())})
+    for gt in ("gt", "same_scene/gt"):
+        files.update({f"{gt}/{p.name}": p.read_bytes() for p in sorted((folder / gt).iterdir())})
+    files["same_scene/testlist01.txt"] = (folder / "same_scene" / "testlist01.txt").read_bytes()
     return files
 
 
@@ -260,7 +327,7 @@ def test_same_seed_gives_byte_identical_ground_truth_for_any_worker_count(tmp_pa
     assert fa == fb
     assert fa.keys() == fc.keys()
     assert fa["meta.json"] != fc["meta.json"]
-    assert all(fa[k] != fc[k] for k in fa if k.startswith("gt/"))  # every video changed
+    assert all(fa[k] != fc[k] for k in fa if "gt/" in k)  # every video changed
 
 
 @pytest.mark.parametrize(
@@ -355,6 +422,8 @@ def test_cli_generate_inspect_and_preview(tmp_path, capsys):
     )
     text = capsys.readouterr().out
     assert "all checks passed" in text and "circle_000" in text
+    assert "same-scene test set (same_scene/): 3 videos" in text
+    assert "circle_001" in text.split("decoded check")[1]  # the same-scene copy was decoded too
     assert (out / "preview.png").stat().st_size > 10_000
     # A broken video is reported, with a failing exit code.
     broken = out / "videos" / "circle" / "circle_000.webm"
