@@ -356,8 +356,15 @@ def _scene_pad(height: int, width: int) -> tuple[int, int]:
     return pad, max(1, pad // 3)
 
 
-def render_scene(*, scene: int, height: int, width: int, seed: int) -> np.ndarray:
+def render_scene(
+    *, scene: int, height: int, width: int, seed: int, kinds: Sequence[int] | None = None
+) -> np.ndarray:
     """The static background canvas of one scene.
+
+    Args:
+        kinds: the pattern kinds the scenes cycle through (0 stripes, 1 tiles, 2 dots, 3 waves,
+            4 bricks, 5 blotches); None = all six (the dataset's scenes). The bias world keeps
+            stripes out of its training scenes so that its unseen stripes are a new kind.
 
     Returns:
         float32 (height + 2 * pad, width + 2 * pad, 3) RGB on 0..255, pad from the frame size;
@@ -369,7 +376,12 @@ def render_scene(*, scene: int, height: int, width: int, seed: int) -> np.ndarra
     offsets = _rng(_TAG_SCENE_SET, seed).random(2)  # per-seed rotation of hues and patterns
     # Spread consecutive scenes over the colour wheel and the pattern kinds so they differ.
     hue = (offsets[0] + 0.381966 * scene + rng.uniform(-0.05, 0.05)) % 1.0
-    kind = (int(offsets[1] * _SCENE_PATTERNS) + scene) % _SCENE_PATTERNS
+    if kinds is None:
+        kind = (int(offsets[1] * _SCENE_PATTERNS) + scene) % _SCENE_PATTERNS
+    else:
+        if not kinds or any(not 0 <= int(k) < _SCENE_PATTERNS for k in kinds):
+            raise ValueError(f"kinds must be a non-empty list of 0..{_SCENE_PATTERNS - 1}, got {kinds!r}")
+        kind = int(kinds[(int(offsets[1] * len(kinds)) + scene) % len(kinds)])
     palette = [
         _hsv(hue, rng.uniform(0.3, 0.7), rng.uniform(0.5, 0.9)),
         _hsv(hue + rng.uniform(0.06, 0.2), rng.uniform(0.3, 0.7), rng.uniform(0.35, 0.9)),
@@ -536,7 +548,8 @@ def _trajectory(
             )
     elif motion == "jump":
         hold = int(rng.integers(6, 11))
-        count = len(t) // hold + 1
+        # t may be scaled (render_video's time_scale): enough spots for its last time step.
+        count = max(len(t) // hold, int(t[-1]) // hold) + 1
         spots_x = rng.uniform(lo_x, max(lo_x, hi_x), size=count)
         spots_y = rng.uniform(lo_y, max(lo_y, hi_y), size=count)
         which = (t // hold).astype(np.int64)
@@ -624,6 +637,10 @@ def render_video(
     seed: int,
     distractor: bool = False,
     camera_shake: bool = False,
+    look: dict | None = None,
+    radius_range: tuple[float, float] = (0.12, 0.18),
+    time_scale: float = 1.0,
+    canvas: np.ndarray | None = None,
 ) -> RenderedVideo:
     """Render one synthetic video exactly as :func:`generate_dataset` does before encoding.
 
@@ -636,6 +653,14 @@ def render_video(
         seed: the dataset seed.
         distractor: add a small object with random motion behind the foreground object.
         camera_shake: move the whole view by a few pixels per frame (smoothly).
+        look: the object's appearance (a dict of :func:`_appearance`'s keys) instead of one
+            drawn for this video; the bias world draws it from a small pool shared by all
+            classes, so that appearance tells neither the class nor the instance.
+        radius_range: the object's radius as a fraction of min(height, width), drawn uniformly.
+        time_scale: motions run this many times faster (periods, speeds, spins, jump holds all
+            scale by it), so that a period can fit in a short clip.
+        canvas: float32 (height + 2 * pad, width + 2 * pad, 3) background canvas on 0..255 (the
+            shape :func:`render_scene` returns) used instead of ``render_scene(scene=scene)``.
 
     Returns:
         :class:`RenderedVideo` with frames uint8 (T, H, W, 3) and masks bool (T, H, W).
@@ -649,16 +674,29 @@ def render_video(
         raise ValueError(f"num_frames must be >= 2, got {num_frames}")
     motion = MOTIONS[class_index]
     pad, shake_max = _scene_pad(height, width)
-    canvas = render_scene(scene=scene, height=height, width=width, seed=seed)
+    if canvas is None:
+        canvas = render_scene(scene=scene, height=height, width=width, seed=seed)
+    elif canvas.shape != (height + 2 * pad, width + 2 * pad, 3):
+        raise ValueError(
+            f"canvas must be ({height + 2 * pad}, {width + 2 * pad}, 3) for a {height}x{width} "
+            f"frame (pad {pad}), got {canvas.shape}"
+        )
+    if not (math.isfinite(time_scale) and time_scale > 0):
+        raise ValueError(f"time_scale must be a positive number, got {time_scale!r}")
+    lo, hi = radius_range
+    if not 0 < lo <= hi < 0.5:
+        raise ValueError(f"radius_range must satisfy 0 < low <= high < 0.5, got {radius_range!r}")
     t = np.arange(num_frames, dtype=np.float32)
 
     rng = _rng(_TAG_VIDEO, seed, class_index, video_index)
-    radius = float(rng.uniform(0.12, 0.18) * min(height, width))
-    look = _appearance(rng, radius)
+    radius = float(rng.uniform(lo, hi) * min(height, width))
+    if look is None:
+        look = _appearance(rng, radius)
     angle0 = rng.uniform(0, 2 * math.pi)
     base = rng.integers(shake_max, 2 * pad - shake_max + 1, size=2)  # crop origin in the scene
     reach = radius * _extent(look["shape"], look["aspect"]) + shake_max
-    cx, cy, scale, spin = _trajectory(motion, rng, t, height, width, reach)
+    motion_t = t if time_scale == 1.0 else (t * np.float32(time_scale)).astype(np.float32)
+    cx, cy, scale, spin = _trajectory(motion, rng, motion_t, height, width, reach)
 
     shake = (
         _shake(_rng(_TAG_SHAKE, seed, class_index, video_index), num_frames, shake_max)

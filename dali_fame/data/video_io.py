@@ -156,7 +156,14 @@ def _fps_fraction(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
-def write_video(path: str | Path, frames: np.ndarray, *, fps: float, codec: str) -> None:
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    *,
+    fps: float,
+    codec: str,
+    encoder_options: dict[str, str] | None = None,
+) -> None:
     """Encode ``frames`` into a constant-frame-rate video file.
 
     Args:
@@ -165,6 +172,9 @@ def write_video(path: str | Path, frames: np.ndarray, *, fps: float, codec: str)
         frames: uint8 ``(T, H, W, 3)`` RGB, channels-last, ``T >= 1``.
         fps: frames per second, > 0.
         codec: ``"h264"``, ``"vp9"`` or ``"mjpeg"``.
+        encoder_options: FFmpeg encoder options that replace the codec's defaults key by key
+            (the bias world's static clips: h264 intra-only at a fixed QP, so that every decoded
+            frame is the same).
 
     Raises:
         ValueError: bad frames array, fps, codec, suffix or frame size (nothing is written).
@@ -190,7 +200,9 @@ def write_video(path: str | Path, frames: np.ndarray, *, fps: float, codec: str)
     rate = _fps_fraction(fps)
     full_range = pix_fmt.startswith("yuvj")
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(encoder, rate=rate, options=dict(options))
+        stream = container.add_stream(
+            encoder, rate=rate, options={**options, **(encoder_options or {})}
+        )
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         # One tick per frame: timestamps are exactly i / fps (constant frame rate).
         stream.codec_context.time_base = 1 / rate
