@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="compute the neighbours here with this checkpoint ('none' = random init; "
                           "default when --neighbors is not given: the config's eval.pretrained)")
     p.add_argument("--backbone", help="backbone (default: the checkpoint's, else model.fallback_backbone)")
-    p.add_argument("--queries", default="0,1,2,3", help="query positions to show (default: 0,1,2,3)")
+    p.add_argument("--queries", help="comma-separated query positions to show (default: 4 spread "
+                   "over the queries)")
     p.add_argument("--top", type=int, default=3, help="neighbours per query (default 3)")
     p.add_argument("--frames", type=int, default=1, help="frames per video (1: the middle frame)")
 
@@ -178,7 +179,7 @@ def _retrieval(args) -> int:
     from dali_fame.figures.retrieval import compute_neighbors, read_neighbors, retrieval_figure
 
     try:
-        queries = [int(q) for q in args.queries.split(",") if q.strip()]
+        queries = [int(q) for q in args.queries.split(",") if q.strip()] if args.queries else None
     except ValueError:
         raise ValueError(f"--queries must be comma-separated integers, got {args.queries!r}") from None
     if args.neighbors:

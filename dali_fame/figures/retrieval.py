@@ -23,7 +23,7 @@ from dali_fame.engine.data import build_loader, load_split
 from dali_fame.eval.inference import multiclip_pass
 from dali_fame.eval.retrieval import evaluate_retrieval
 from dali_fame.eval.splits import resolve_eval_splits
-from dali_fame.figures.common import Encoder
+from dali_fame.figures.common import Encoder, spread
 from dali_fame.figures.plot import pick_frames, plt, save_png
 
 __all__ = ["compute_neighbors", "read_neighbors", "retrieval_figure", "video_strip"]
@@ -119,7 +119,8 @@ def retrieval_figure(entries: list[dict], *, out_dir: str | Path, queries: list[
     Args:
         entries: ``neighbors.json`` entries (:func:`read_neighbors` / :func:`compute_neighbors`).
         out_dir: output folder.
-        queries: positions in ``entries`` to show (default the first 4).
+        queries: positions in ``entries`` to show (default 4 spread over the queries: the
+            entries are in class order, so the first 4 would often be one class).
         top: neighbours per query.
         frames: frames per video (1: the middle frame; more: a strip over the video).
         title: figure title (e.g. the checkpoint and R@1).
@@ -127,7 +128,7 @@ def retrieval_figure(entries: list[dict], *, out_dir: str | Path, queries: list[
     Returns:
         the PNG's path.
     """
-    chosen = list(range(min(4, len(entries)))) if queries is None else list(queries)
+    chosen = spread(len(entries), 4) if queries is None else list(queries)
     for i in chosen:
         if not 0 <= i < len(entries):
             raise ValueError(f"--queries: {i} is not a query position (0..{len(entries) - 1})")
@@ -156,6 +157,7 @@ def retrieval_figure(entries: list[dict], *, out_dir: str | Path, queries: list[
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour or "black")
                 spine.set_linewidth(4 if colour else 1)
+    fig.subplots_adjust(hspace=0.45)  # room for the two-line labels above each row
     if title:
         fig.suptitle(title, fontsize=9)
     return save_png(fig, Path(out_dir) / "retrieval.png")
