@@ -65,21 +65,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from dali_fame.bias.probe import fit_probe
+from dali_fame.bias.world import MANIFEST_COLUMNS, SETS, TEST_SETS
 from dali_fame.data.records import VideoRecord
 
 logger = logging.getLogger(__name__)
 
-#: the six sets of a world, in the order their videos are decoded
-SETS: tuple[str, ...] = ("train_biased", "train_balanced", "test_same", "test_swapped",
-                         "test_unseen", "test_static")
-TEST_SETS: tuple[str, ...] = SETS[2:]
 #: the keys :func:`evaluate_encoder` returns, in table order
 METRIC_KEYS: tuple[str, ...] = (
     "same_top1", "swapped_top1", "unseen_top1", "static_top1",
     "biased_probe_swapped_top1", "biased_probe_same_top1", "scene_decode_top1",
     "contrasted_acc", "retrieval_r1", "retrieval_scene_at1",
 )
-MANIFEST_COLUMNS: tuple[str, ...] = ("path", "set", "label", "scene", "scene_kind", "instance", "static")
 
 
 # --------------------------------------------------------------------------------- the world

@@ -6,9 +6,7 @@ background decodes the scene and follows it (high on same-scene clips under the 
 probe, low on swapped ones, no contrast between a clip and its static version), one that sees
 only motion scores exactly chance on the static clips.
 
-The small world follows the world contract (manifest.csv, lists/<set>.csv, meta.json) and is
-rendered here with dali_fame.data.synthetic.render_video and encoded with the project's writer,
-so these tests do not depend on the world generator's presets.
+The end-to-end runs use the ci-preset world of tests/bias/conftest.py (real h264 files).
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,72 +33,14 @@ from dali_fame.bias.evaluate import (
     retrieval_at1,
 )
 from dali_fame.bias.probe import fit_probe
-from dali_fame.data.synthetic import MOTIONS, render_video
-from dali_fame.data.video_io import write_video
 from dali_fame.eval.weights import WeightLoadError
 
 CLIP = {"clip_len": 8, "stride": 2, "crop": 32, "num_clips": 2}
 
 
-# ------------------------------------------------------------------------- a hand-made world
-
-
 def _labels(labels, scenes, instances) -> SetLabels:
     return SetLabels(labels=torch.tensor(labels), scenes=torch.tensor(scenes),
                      instances=torch.tensor(instances))
-
-
-def make_world(root: Path, *, train_per_class: int = 12, test_per_class: int = 16,
-               size: int = 32, frames: int = 16, seed: int = 0) -> Path:
-    """A 2-class world (horizontal vs vertical oscillation), 2 known scenes, 2 unseen ones.
-
-    train_biased: class c on scene c except its last video (on the other scene): bias 11/12.
-    train_balanced: scenes alternate within each class. Test foregrounds: test_same on their
-    class's scene, test_swapped on the other known scene, test_unseen on scene 2 or 3,
-    test_static = the test_unseen video's middle frame repeated.
-    """
-    classes = MOTIONS[:2]
-    rows = []  # (path, set, label, scene, kind, instance, static)
-
-    def add(name: str, c: int, index: int, scene: int, *, static: bool = False) -> None:
-        video = render_video(class_index=c, scene=scene, video_index=index, num_frames=frames,
-                             size=size, seed=seed).frames
-        if static:
-            video = np.repeat(video[frames // 2][None], frames, axis=0)
-        rel = f"videos/{name}/{classes[c]}/{classes[c]}_{index:04d}.mp4"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        write_video(root / rel, video, fps=25.0, codec="h264")
-        rows.append((rel, name, c, scene, "known" if scene < 2 else "unseen", 1000 * c + index,
-                     int(static)))
-
-    for c in range(2):
-        for i in range(train_per_class):
-            add("train_biased", c, i, c if i < train_per_class - 1 else 1 - c)
-            add("train_balanced", c, 100 + i, i % 2)
-        for i in range(test_per_class):
-            add("test_same", c, 200 + i, c)
-            add("test_swapped", c, 200 + i, 1 - c)
-            add("test_unseen", c, 200 + i, 2 + i % 2)
-            add("test_static", c, 200 + i, 2 + i % 2, static=True)
-    with open(root / "manifest.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "set", "label", "scene", "scene_kind", "instance", "static"])
-        w.writerows(rows)
-    (root / "lists").mkdir()
-    for name in SETS:
-        with open(root / "lists" / f"{name}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label", "split"])
-            split = "train" if name.startswith("train") else "test"
-            w.writerows([f"../{r[0]}", r[2], split] for r in rows if r[1] == name)
-    (root / "meta.json").write_text(json.dumps({"class_names": list(classes),
-                                                "num_known_scenes": 2, "unseen_scenes": [2, 3]}))
-    return root
-
-
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory) -> Path:
-    return make_world(tmp_path_factory.mktemp("bias_world"))
 
 
 class SceneColour(nn.Module):
@@ -233,14 +172,11 @@ def test_probe_separates_separable_features_and_generalises():
     assert torch.isfinite(probe.weight).all()
 
 
-def test_probe_is_deterministic_and_ignores_the_row_order_of_nothing_but_data():
+def test_probe_is_deterministic():
     x, y = _clusters(10, seed=3)
     a, b = fit_probe(x, y, num_classes=3), fit_probe(x.clone(), y.clone(), num_classes=3)
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
-    # uninformative features: the probe cannot do better than the class prior on new data
-    noise = torch.randn(60, 8, generator=torch.Generator().manual_seed(0))
-    chance_probe = fit_probe(noise, y.repeat(2), num_classes=3)
-    assert chance_probe.num_classes == 3
+    assert torch.equal(a.scores(x), b.scores(x))
     with pytest.raises(ValueError, match="outside 0..2"):
         fit_probe(x, y + 1, num_classes=3)
     with pytest.raises(ValueError, match="NaN"):
@@ -268,6 +204,22 @@ def test_load_backbone_random_seeded_and_state_dict_files(tmp_path):
         assert all(torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
     with pytest.raises(WeightLoadError, match="shape"):
         load_backbone(tmp_path / "moco.pt", backbone="tiny", width=32)
+    # a pretraining run's checkpoints/ folder (the layout train/pretrain.py writes): its newest
+    # step, and the backbone recorded in its config must be the one asked for
+    from safetensors.torch import save_file
+
+    for step in (1, 3):
+        folder = tmp_path / "run" / "checkpoints" / f"step_{step:08d}"
+        folder.mkdir(parents=True)
+        weights = {k: v + (step == 3) for k, v in moco.items()}
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
+        (folder / "trainer_state.json").write_text(json.dumps(
+            {"trainer_state": {"step": step}, "config": {"model": {"backbone": "tiny"}}}))
+    d = load_backbone(tmp_path / "run" / "checkpoints", backbone="tiny", width=16)
+    assert all(torch.equal(v + 1, d.state_dict()[k]) for k, v in a.state_dict().items()
+               if v.is_floating_point())
+    with pytest.raises(ValueError, match="pretrained with 'tiny'"):
+        load_backbone(tmp_path / "run" / "checkpoints", backbone="r3d_18")
     del moco["encoder_q.backbone.features.0.weight"]
     torch.save(moco, tmp_path / "partial.pt")
     with pytest.raises(WeightLoadError, match="missing from the checkpoint"):
@@ -275,40 +227,40 @@ def test_load_backbone_random_seeded_and_state_dict_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------ end to end
+# On the ci-preset world (tests/bias/conftest.py): 4 classes, 4 known scenes, 12 foregrounds
+# per test set, 16 balanced and 24 biased training videos; chance 25% (contrasted 18.75%).
 
 
-def test_scene_model_decodes_the_scene_and_follows_it(small_world):
-    m = evaluate_encoder(SceneColour(), small_world, workers=1, batch_size=8, **CLIP)
+def test_scene_model_decodes_the_scene_and_follows_it(ci_world):
+    m = evaluate_encoder(SceneColour(), ci_world, workers=1, batch_size=8, **CLIP)
     assert set(m) == set(METRIC_KEYS)
-    assert m["scene_decode_top1"] >= 90.0          # chance 50
-    assert m["retrieval_scene_at1"] >= 90.0        # chance 50
-    # the scene-biased probe reads the class off the scene: right on its own scene, wrong
-    # when the scene is another class's
-    assert m["biased_probe_same_top1"] >= 90.0
+    assert m["scene_decode_top1"] >= 90.0
+    assert m["retrieval_scene_at1"] >= 90.0
+    # the scene-biased probe reads the class off the scene: right on the class's own scene,
+    # wrong when the scene is another class's
+    assert m["biased_probe_same_top1"] >= 75.0
     assert m["biased_probe_swapped_top1"] <= 10.0
-    # a clip and its static version look the same to it: no contrast
+    # a clip and its static version look alike to it: no contrast
     assert m["contrasted_acc"] <= 10.0
 
 
-def test_motion_model_is_at_chance_on_static_clips(small_world):
+def test_motion_model_is_at_chance_on_static_clips(ci_world):
     encoder = MotionSpread().train()
-    m = evaluate_encoder(encoder, small_world, workers=1, batch_size=8, **CLIP)
-    ch = chance(small_world)
-    # every static clip has no motion: one prediction for all, the balanced classes' share
-    assert m["static_top1"] == ch["static_top1"] == 50.0
-    for key in ("same_top1", "swapped_top1", "unseen_top1", "biased_probe_swapped_top1",
-                "retrieval_r1"):
-        assert m[key] >= 85.0, (key, m)
-    # right on the unseen scenes and changed by freezing the clip, for the class that is not
-    # the static prediction (with 2 classes at most 50)
-    assert 40.0 <= m["contrasted_acc"] <= 50.0
-    assert m["scene_decode_top1"] <= 75.0
+    m = evaluate_encoder(encoder, ci_world, workers=1, batch_size=8, **CLIP)
+    ch = chance(ci_world)
+    # every static clip has no motion: one prediction for all, that class's share of a
+    # balanced set, which is exactly chance
+    assert m["static_top1"] == ch["static_top1"] == 25.0
+    for key in ("same_top1", "swapped_top1", "unseen_top1", "biased_probe_swapped_top1"):
+        assert m[key] >= 2 * ch[key], (key, m)
+    # right on unseen scenes and changed by freezing the clip
+    assert m["contrasted_acc"] >= 1.5 * ch["contrasted_acc"]
     assert encoder.training  # run in eval mode, handed back in the mode it came in
 
 
-def test_one_decoding_pass_for_several_encoders_gives_each_its_own_metrics(small_world):
+def test_one_decoding_pass_for_several_encoders_gives_each_its_own_metrics(ci_world):
     encoders = {"scene": SceneColour(), "motion": MotionSpread()}
-    together = evaluate_encoders(encoders, small_world, workers=2, batch_size=5, **CLIP)
-    alone = evaluate_encoder(encoders["motion"], small_world, workers=0, batch_size=8, **CLIP)
+    together = evaluate_encoders(encoders, ci_world.out_dir, workers=2, batch_size=5, **CLIP)
+    alone = evaluate_encoder(encoders["motion"], ci_world, workers=0, batch_size=8, **CLIP)
     assert together["motion"] == alone  # another batching and worker count: the same numbers
     assert together["scene"]["scene_decode_top1"] > together["motion"]["scene_decode_top1"]
