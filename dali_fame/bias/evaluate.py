@@ -123,13 +123,12 @@ class WorldTables:
 
 
 def world_root(world) -> Path:
-    """The directory of ``world``: a path, or a ``WorldInfo`` (its ``root`` / ``out_dir``)."""
+    """The directory of ``world``: a path, or a :class:`~dali_fame.bias.world.WorldInfo`."""
     if isinstance(world, (str, os.PathLike)):
         return Path(world)
-    for name in ("root", "out_dir", "path", "directory"):
-        value = getattr(world, name, None)
-        if isinstance(value, (str, os.PathLike)):
-            return Path(value)
+    out_dir = getattr(world, "out_dir", None)
+    if isinstance(out_dir, (str, os.PathLike)):
+        return Path(out_dir)
     raise TypeError(f"world must be a world directory or a WorldInfo; got {type(world).__name__}")
 
 
@@ -321,10 +320,10 @@ def metrics_from_features(features: Mapping[str, torch.Tensor], sets: Mapping[st
             raise ValueError(f"metrics_from_features: {features[name].shape[0]} features but "
                              f"{len(sets[name])} videos in {name!r}")
     balanced, biased = sets["train_balanced"], sets["train_biased"]
-    motion = fit_probe(features["train_balanced"], balanced.labels, num_classes=num_classes)
-    old = fit_probe(features["train_biased"], biased.labels, num_classes=num_classes)
     if int(balanced.scenes.max()) >= num_known_scenes or int(balanced.scenes.min()) < 0:
         raise ValueError(f"train_balanced holds scenes outside the {num_known_scenes} known ones")
+    motion = fit_probe(features["train_balanced"], balanced.labels, num_classes=num_classes)
+    old = fit_probe(features["train_biased"], biased.labels, num_classes=num_classes)
     scene = fit_probe(features["train_balanced"], balanced.scenes, num_classes=num_known_scenes)
 
     pred = {name: motion.predict(features[name]) for name in TEST_SETS}
@@ -509,7 +508,8 @@ def evaluate_encoder(
         batch_size: videos per loader batch (``batch_size * num_clips`` clips per forward).
         workers: decoding processes of the loader (0: in this process).
         seed: the loader's seed (eval clips and crops are deterministic: no effect today).
-        device: where the backbone runs.
+        device: where the backbone runs (move it there first: :func:`load_backbone` returns it
+            on the CPU); features come back to the CPU for the probes.
 
     Returns:
         ``{key: percent}`` for :data:`METRIC_KEYS` (see the module docstring; chance levels
