@@ -109,6 +109,17 @@ def fame_mask(
     bsz, _, h, w, _ = x.shape
     num_fg = int(beta * h * w)  # left to right, as the released code evaluates it
     with nvtx_range("fame_mask", x):
+        if impl.fame_mask is not None and variant in ("fame", "seed"):
+            # CUDA: the whole mask as one fixed sequence of kernels, no torch op in between
+            # (dali_fame.fame.cuda.run_fame_mask), bit-identical to the torch path below
+            return impl.fame_mask(
+                x,
+                beta=beta,
+                variant=variant,
+                legacy_hue=legacy_hue,
+                fg_fraction=fg_fraction,
+                bg_fraction=bg_fraction,
+            )
         if variant == "gauss":
             score = gauss_score(bsz, h, w, device=x.device)
         else:

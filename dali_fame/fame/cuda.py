@@ -10,19 +10,24 @@ motion_and_bins_cuda        motion_bins.cu         fame_motion_bins(_vec4)
 color_histograms_cuda       color_hist.cu          fame_color_hist
 merge_cuda                  merge.cu               fame_merge(_vec16)
 merge_normalize_cuda        merge.cu               fame_merge_normalize(_vec16)
+fame_mask_cuda              motion_bins.cu +       the whole mask in 7 launches per batch
+                            fame_mask.cu           (:func:`run_fame_mask`, kernels/README.md)
 ==========================  =====================  =========================================
 
 Conventions (shared/design/architecture.md item 3): inputs are checked (dtype, rank, device,
 contiguity; ``ValueError`` naming the argument); outputs are allocated with torch and handed to
 CuPy zero-copy through DLPack; kernels run on torch's current CUDA stream of the tensors' device;
-grid and block are passed by keyword and every scalar is a typed ``np.int32``; each kernel file
-is compiled by NVRTC once per device (``functools.lru_cache`` keyed by the device index; CuPy also
+grid and block are passed by keyword and every scalar is a typed ``np.int32`` / ``np.float32``;
+grids are sized from CUDA's occupancy API per kernel and device (:func:`resident_blocks`); each
+kernel file is compiled by NVRTC once per device (``functools.lru_cache`` keyed by the device index; CuPy also
 keeps its on-disk kernel cache). Every launch is wrapped in an NVTX range named
 ``fame.<launcher stem>`` in the ``dali_fame`` domain (see kernels/README.md for nsys / ncu).
 
 Nothing here imports CuPy or touches CUDA at import time; the pure-Python launch-configuration
-helpers (:func:`grid_1d`, :func:`hist_grid`, :func:`motion_vec4_ok`, :func:`merge_vec16_ok`) are
-also used by the host-emulation tests, so those tests exercise the real configurations.
+helpers (:func:`grid_1d`, :func:`hist_grid`, :func:`clip_grid`, :func:`motion_vec4_ok`,
+:func:`merge_vec16_ok`) and the launch sequence of the fused mask (:func:`run_fame_mask`, which
+takes a :class:`KernelRunner`) are also used by the host-emulation tests, so those tests run the
+real configurations and the real sequence of launches, and count them.
 """
 
 from __future__ import annotations
@@ -34,18 +39,27 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from dali_fame.fame.ops import EPS, blur_kernel_size, gaussian_kernel1d
 from dali_fame.fame.reference import NUM_BINS, check_clips
 
 __all__ = [
     "BLOCK",
+    "FUSED_VARIANTS",
     "KERNEL_FILES",
+    "MAX_LAUNCHES_PER_CALL",
     "NVRTC_OPTIONS",
+    "FameMaskResult",
+    "KernelRunner",
+    "clip_grid",
     "color_histograms_cuda",
+    "fame_mask_cuda",
     "grid_1d",
     "hist_grid",
     "kernel_source",
@@ -55,12 +69,12 @@ __all__ = [
     "merge_vec16_ok",
     "motion_and_bins_cuda",
     "motion_vec4_ok",
+    "resident_blocks",
+    "run_fame_mask",
 ]
 
-#: threads per block of every kernel (a multiple of the warp size; 8 blocks fill an SM)
+#: threads per block of every kernel (a multiple of the warp size, as fame_mask.cu requires)
 BLOCK = 256
-#: resident 256-thread blocks per SM that the grid-stride grids aim for (2048 threads / SM)
-BLOCKS_PER_SM = 8
 #: pixels each histogram block should cover at least (amortises zeroing and flushing the
 #: 4 x 1000 shared histogram, 16 KB, against the pixels it counts)
 HIST_PIXELS_PER_BLOCK = 4096
@@ -74,7 +88,17 @@ KERNEL_FILES: dict[str, tuple[str, ...]] = {
         "fame_merge_normalize",
         "fame_merge_normalize_vec16",
     ),
+    "fame_mask": (
+        "fame_blur_rows",
+        "fame_blur_cols_minmax",
+        "fame_seed_hist_soft",
+        "fame_select_top",
+    ),
 }
+#: mask variants the fused kernel path computes (gauss and grid stay torch: no motion kernels)
+FUSED_VARIANTS = ("fame", "seed")
+#: the bound the fused mask path is held to (issue 12): kernel launches per batch call
+MAX_LAUNCHES_PER_CALL = 10
 #: NVRTC options (CuPy adds -arch for the device). No fast-math: the bins are float-exact.
 NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
 #: NVTX domain of the launch ranges (nsys: --nvtx-domain-include=dali_fame)
@@ -107,7 +131,7 @@ def _kernels_dir_candidates() -> list[Path]:
 
 
 def kernels_dir() -> Path:
-    """The directory holding ``motion_bins.cu``, ``color_hist.cu`` and ``merge.cu``.
+    """The directory holding ``motion_bins.cu``, ``color_hist.cu``, ``merge.cu``, ``fame_mask.cu``.
 
     Searched in order: ``$DALI_FAME_KERNELS_DIR``, ``<repo>/kernels`` next to the package (source
     checkout or editable install), ``dali_fame/fame/kernels`` (package data),
@@ -121,7 +145,8 @@ def kernels_dir() -> Path:
         if all((d / f"{stem}.cu").is_file() for stem in KERNEL_FILES):
             return d
     raise FileNotFoundError(
-        "dali_fame.fame.cuda: kernel sources (motion_bins.cu, color_hist.cu, merge.cu) not found "
+        "dali_fame.fame.cuda: kernel sources (motion_bins.cu, color_hist.cu, merge.cu, "
+        "fame_mask.cu) not found "
         f"in any of {[str(d) for d in candidates]}; set {KERNELS_DIR_ENV} to the repo's kernels/"
     )
 
@@ -145,7 +170,8 @@ def grid_1d(work_items: int, *, max_blocks: int, block: int = BLOCK) -> int:
 
     Args:
         work_items: items of the grid-stride loop (>= 0).
-        max_blocks: cap, e.g. SMs x BLOCKS_PER_SM; the kernels loop over the rest.
+        max_blocks: cap, e.g. one wave of resident blocks (:func:`resident_blocks`); the
+            kernels loop over the rest.
         block: threads per block.
     """
     return max(1, min(math.ceil(work_items / block), max_blocks))
@@ -164,6 +190,14 @@ def hist_grid(
     blockIdx.y is the clip (at most 65535 clips per launch, a CUDA limit on gridDim.y).
     """
     per_clip = max(1, min(math.ceil(hw / pixels_per_block), max_blocks_per_clip))
+    return per_clip, num_clips
+
+
+def clip_grid(hw: int, num_clips: int, *, resident: int, block: int = BLOCK) -> tuple[int, int]:
+    """Grid (blocks per clip, clips) of the blur kernels: blockIdx.y is the clip, a grid-stride
+    loop over its H*W pixels; together about one wave of ``resident`` blocks, at least one block
+    per clip, never more blocks than pixels / block."""
+    per_clip = max(1, min(math.ceil(hw / block), math.ceil(resident / num_clips)))
     return per_clip, num_clips
 
 
@@ -278,9 +312,34 @@ def _kernels(device_index: int) -> dict[str, object]:
 
 
 @functools.cache
-def _max_blocks(device_index: int) -> int:
-    sms = torch.cuda.get_device_properties(device_index).multi_processor_count
-    return sms * BLOCKS_PER_SM
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.cache
+def resident_blocks(device_index: int, kernel: str) -> int:
+    """Blocks of ``kernel`` (at :data:`BLOCK` threads) the device keeps resident at once: SMs x
+    ``cuOccupancyMaxActiveBlocksPerMultiprocessor``, which accounts for the kernel's registers
+    and static shared memory on this device (e.g. 48 registers -> 5 blocks of 256 on sm_80/90,
+    where a fixed SMs x 8 would queue a second wave). Grid-stride grids of that size run in one
+    wave. Once per (device, kernel).
+
+    CuPy binding (cupy_backends.cuda.api.driver, CuPy 14):
+    ``occupancyMaxActiveBlocksPerMultiprocessor(intptr_t func, int blockSize, size_t
+    dynamicSMemSize) -> int``, ``func`` being the CUfunction (``RawKernel.kernel.ptr``).
+    """
+    import cupy
+    from cupy_backends.cuda.api import driver
+
+    raw = _kernels(device_index)[kernel]
+    with cupy.cuda.Device(device_index):
+        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(raw.kernel.ptr, BLOCK, 0)
+    return _sm_count(device_index) * max(1, int(per_sm))
+
+
+def _max_blocks(device_index: int, kernel: str) -> int:
+    """Grid cap of a grid-stride launch of ``kernel``: one full wave of resident blocks."""
+    return resident_blocks(device_index, kernel)
 
 
 def _nvtx_range(name: str):
@@ -340,9 +399,10 @@ def motion_and_bins_cuda(
     bins = torch.empty((bsz, h, w), dtype=torch.int32, device=device)
     vec4 = motion_vec4_ok(hw, clips, motion, bins)
     work = bsz * hw // 4 if vec4 else bsz * hw
-    grid = grid_1d(work, max_blocks=_max_blocks(device.index))
+    name = "fame_motion_bins_vec4" if vec4 else "fame_motion_bins"
+    grid = grid_1d(work, max_blocks=_max_blocks(device.index, name))
     _launch(
-        "fame_motion_bins_vec4" if vec4 else "fame_motion_bins",
+        name,
         device,
         (grid,),
         (clips, motion, bins, np.int32(bsz), np.int32(t), np.int32(hw), np.int32(bool(legacy_hue))),
@@ -382,9 +442,7 @@ def color_histograms_cuda(
     hist = torch.zeros((bsz, 4, NUM_BINS), dtype=torch.int32, device=device)
     if bsz == 0 or h * w == 0:
         return hist
-    grid = hist_grid(
-        h * w, bsz, max_blocks_per_clip=max(1, _max_blocks(device.index) // BLOCKS_PER_SM)
-    )
+    grid = hist_grid(h * w, bsz, max_blocks_per_clip=_sm_count(device.index))
     _launch(
         "fame_color_hist",
         device,
@@ -413,10 +471,11 @@ def merge_cuda(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> t
     out = torch.empty_like(clips, memory_format=torch.contiguous_format)
     vec16 = merge_vec16_ok(hw, clips, mask_u8, out)
     work = bsz * t * (hw // 16 if vec16 else hw)
+    name = "fame_merge_vec16" if vec16 else "fame_merge"
     _launch(
-        "fame_merge_vec16" if vec16 else "fame_merge",
+        name,
         device,
-        (grid_1d(work, max_blocks=_max_blocks(device.index)),),
+        (grid_1d(work, max_blocks=_max_blocks(device.index, name)),),
         (clips, mask_u8, perm, out, np.int32(bsz), np.int32(t), np.int32(hw)),
         "fame.merge",
     )
@@ -453,11 +512,231 @@ def merge_normalize_cuda(
     out = torch.empty((bsz, 3, t, h, w), dtype=torch.float32, device=device)
     vec16 = merge_vec16_ok(hw, clips, mask_u8, out)
     work = bsz * t * (hw // 16 if vec16 else hw)
+    name = "fame_merge_normalize_vec16" if vec16 else "fame_merge_normalize"
     _launch(
-        "fame_merge_normalize_vec16" if vec16 else "fame_merge_normalize",
+        name,
         device,
-        (grid_1d(work, max_blocks=_max_blocks(device.index)),),
+        (grid_1d(work, max_blocks=_max_blocks(device.index, name)),),
         (clips, mask_u8, perm, mean_d, std_d, out, np.int32(bsz), np.int32(t), np.int32(hw)),
         "fame.merge_normalize",
     )
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused mask: the whole FAME mask of a batch as one fixed sequence of launches
+
+
+class KernelRunner(Protocol):
+    """Where the launches of :func:`run_fame_mask` go: CuPy on a GPU (:class:`CupyRunner`), or
+    the host emulation in the tests (tests/kernels/conftest.py), which also counts them."""
+
+    def resident_blocks(self, kernel: str) -> int:
+        """Blocks of ``kernel`` resident at once on the device (one wave)."""
+        ...
+
+    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple) -> None:
+        """Launch ``kernel`` with ``grid`` x (:data:`BLOCK`,) threads; ``args`` are tensors on
+        the clips' device and ``np.int32`` / ``np.float32`` scalars, in the kernel's order."""
+        ...
+
+
+class CupyRunner:
+    """Launches on torch's current CUDA stream of ``device`` through CuPy (:func:`_launch`);
+    ``launches`` counts them (the benchmark reports launches per call)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.launches = 0
+
+    def resident_blocks(self, kernel: str) -> int:
+        return _max_blocks(self.device.index, kernel)
+
+    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple) -> None:
+        self.launches += 1
+        _launch(kernel, self.device, grid, args, f"fame.{kernel.removeprefix('fame_')}")
+
+
+@dataclass
+class FameMaskResult:
+    """The mask and every intermediate of one :func:`run_fame_mask` call.
+
+    All (B, H, W) maps are contiguous on the clips' device; ``None`` where the variant does not
+    compute it (variant "seed": no thresholds, counts, soft mask).
+
+    Attributes:
+        mask: bool (B, H, W), exactly int(beta * H * W) True per clip.
+        motion: float32 (B, H, W), the motion map D (spec step 1).
+        bins: int32 (B, H, W), colour bins 0..999 (step 4).
+        seed: float32 (B, H, W), S = minmax(blur(D)) (step 2).
+        thresholds: float32 (B, 2), (thr_fg, thr_bg) of step 5 (+inf / -inf for empty sets).
+        counts: int32 (B, 4, 1000), color_histograms_ref's counts (steps 5-6).
+        soft: float32 (B, H, W), M before the blur (step 7).
+        score: float32 (B, H, W), the score the top-beta selection ranks (step 8).
+        launches: kernel launches of this call.
+    """
+
+    mask: torch.Tensor
+    motion: torch.Tensor
+    bins: torch.Tensor
+    seed: torch.Tensor
+    thresholds: torch.Tensor | None
+    counts: torch.Tensor | None
+    soft: torch.Tensor | None
+    score: torch.Tensor
+    launches: int
+
+
+@functools.cache
+def _taps(size: int, device: str) -> torch.Tensor:
+    """float32 (size,) Gaussian taps of ops.gaussian_kernel1d on ``device``: built and copied
+    once per (size, device), so a call of the fused path makes no host-to-device copy."""
+    return gaussian_kernel1d(size, device=device).contiguous()
+
+
+def _likelihood_denominator(k: int) -> np.float32:
+    # ops.likelihoods: float32(k) + float32(1e-8), rounded to float32
+    return np.float32(np.float32(k) + np.float32(EPS))
+
+
+def run_fame_mask(
+    clips: torch.Tensor,
+    *,
+    runner: KernelRunner,
+    beta: float = 0.5,
+    variant: str = "fame",
+    legacy_hue: bool = False,
+    fg_fraction: float = 0.5,
+    bg_fraction: float = 0.1,
+) -> FameMaskResult:
+    """The FAME mask (spec section 1) as a fixed sequence of kernel launches, no torch op between.
+
+    Variant "fame", 7 launches for the whole batch whatever B (kernels/fame_mask.cu):
+    motion_bins, blur_rows, blur_cols_minmax, seed_hist_soft, blur_rows, blur_cols_minmax,
+    select_top. Variant "seed": motion_bins, blur_rows, blur_cols_minmax, select_top (4).
+    Only ``torch.empty`` allocations happen in between (no kernel; the caching allocator); the
+    Gaussian taps are a constant built once per device.
+
+    Args:
+        clips: uint8 (B, T, H, W, 3) RGB channels-last, contiguous, T >= 2, on the runner's
+            device (validated by the caller: :func:`fame_mask_cuda` or the public API).
+        runner: where the launches go (:class:`CupyRunner`, or the host emulation).
+        beta, variant, legacy_hue, fg_fraction, bg_fraction: as :func:`dali_fame.fame.fame_mask`.
+
+    Returns:
+        :class:`FameMaskResult`; ``mask`` equals ``fame_mask(clips, backend="torch")`` bit for
+        bit (measured in tests/kernels/test_kernel_fame_mask.py).
+    """
+    if variant not in FUSED_VARIANTS:
+        raise ValueError(
+            f"dali_fame.fame.cuda: the fused mask computes variants {FUSED_VARIANTS}, got "
+            f"{variant!r}"
+        )
+    bsz, t, h, w, _ = clips.shape
+    if bsz > 65535:
+        raise ValueError(f"dali_fame.fame.cuda: at most 65535 clips per call, got {bsz}")
+    device = clips.device
+    hw = h * w
+    i32 = np.int32
+    launches = 0
+
+    def launch(kernel: str, grid: tuple[int, ...], args: tuple) -> None:
+        nonlocal launches
+        launches += 1
+        runner.launch(kernel, grid, args)
+
+    def new(dtype: torch.dtype, *shape: int) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    motion, bins = new(torch.float32, bsz, h, w), new(torch.int32, bsz, h, w)
+    vec4 = motion_vec4_ok(hw, clips, motion, bins)
+    name = "fame_motion_bins_vec4" if vec4 else "fame_motion_bins"
+    grid = grid_1d(bsz * hw // 4 if vec4 else bsz * hw, max_blocks=runner.resident_blocks(name))
+    launch(name, (grid,), (clips, motion, bins, i32(bsz), i32(t), i32(hw), i32(bool(legacy_hue))))
+
+    size = blur_kernel_size(h, w)  # radius = size // 2 < min(H, W): reflect padding is valid
+    taps, radius = _taps(size, str(device)), i32(size // 2)
+    tmp = new(torch.float32, bsz, h, w)
+
+    def blur_minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blur x along W then H; returns the blurred map and its per-clip (min, max) keys."""
+        out, stats = new(torch.float32, bsz, h, w), new(torch.int32, bsz, 2)  # uint32 keys
+        for kernel, src, dst in (("fame_blur_rows", x, tmp), ("fame_blur_cols_minmax", tmp, out)):
+            grid = clip_grid(hw, bsz, resident=runner.resident_blocks(kernel))
+            launch(kernel, grid, (src, dst, taps, radius, i32(h), i32(w), stats))
+        return out, stats
+
+    blurred, stats = blur_minmax(motion)
+    thresholds = counts = soft = None
+    if variant == "fame":
+        k_fg, k_bg = int(fg_fraction * h * w), int(bg_fraction * h * w)
+        seed, soft = new(torch.float32, bsz, h, w), new(torch.float32, bsz, h, w)
+        thresholds, counts = new(torch.float32, bsz, 2), new(torch.int32, bsz, 4, NUM_BINS)
+        launch(
+            "fame_seed_hist_soft",
+            (bsz,),
+            (
+                blurred,
+                stats,
+                bins,
+                seed,
+                thresholds,
+                counts,
+                soft,
+                i32(hw),
+                i32(k_fg),
+                i32(k_bg),
+                _likelihood_denominator(k_fg),
+                _likelihood_denominator(k_bg + NUM_BINS),
+            ),
+        )
+        blurred, stats = blur_minmax(soft)
+    score = new(torch.float32, bsz, h, w)
+    mask = new(torch.uint8, bsz, h, w)
+    num_fg = int(beta * h * w)  # left to right, as fame_mask evaluates it
+    launch("fame_select_top", (bsz,), (blurred, stats, score, mask, i32(hw), i32(num_fg)))
+    if variant == "seed":
+        seed = score  # select_top's min-max of the blurred motion map is the seed itself
+    return FameMaskResult(
+        mask=mask.view(torch.bool),
+        motion=motion,
+        bins=bins,
+        seed=seed,
+        thresholds=thresholds,
+        counts=counts,
+        soft=soft,
+        score=score,
+        launches=launches,
+    )
+
+
+def fame_mask_cuda(
+    clips: torch.Tensor,
+    *,
+    beta: float = 0.5,
+    variant: str = "fame",
+    legacy_hue: bool = False,
+    fg_fraction: float = 0.5,
+    bg_fraction: float = 0.1,
+) -> torch.Tensor:
+    """The FAME mask of CUDA clips in at most 7 kernel launches per batch (:func:`run_fame_mask`).
+
+    Args:
+        clips: uint8 (B, T, H, W, 3) RGB channels-last, contiguous, CUDA, T >= 2.
+        beta, variant ("fame" or "seed"), legacy_hue, fg_fraction, bg_fraction: as
+            :func:`dali_fame.fame.fame_mask` (which validates their ranges).
+
+    Returns:
+        bool (B, H, W) on the clips' device, equal to ``fame_mask(clips, backend="torch")``.
+    """
+    _check_clips_shape(clips)
+    device = _check_placement(clips=clips)
+    return run_fame_mask(
+        clips,
+        runner=CupyRunner(device),
+        beta=beta,
+        variant=variant,
+        legacy_hue=legacy_hue,
+        fg_fraction=fg_fraction,
+        bg_fraction=bg_fraction,
+    ).mask

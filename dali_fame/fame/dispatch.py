@@ -6,8 +6,10 @@ an error if they cannot be loaded). ``backend="auto"`` picks ``"cuda"`` for CUDA
 ``"torch"`` for CPU tensors; if the CUDA backend cannot be used on the device (CuPy missing,
 NVRTC cannot compile a kernel, a kernel does not launch or disagrees with the reference on a
 tiny probe) it falls back to the torch reference on the GPU with a one-time warning naming the
-reason, and ``"cuda"`` raises with that reason. Everything else (blur, min-max,
-thresholds, top-k) is the same torch code on every backend.
+reason, and ``"cuda"`` raises with that reason. With the torch backend everything else (blur,
+min-max, thresholds, top-k) is the shared torch code of :mod:`dali_fame.fame.ops`; the CUDA
+backend also carries ``fame_mask``, the whole mask of variants "fame" / "seed" as one fixed
+sequence of kernels (:func:`dali_fame.fame.cuda.fame_mask_cuda`), bit-identical to that code.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ BACKENDS = ("auto", "torch", "cuda")
 
 @dataclass(frozen=True)
 class Ops:
-    """The four swappable intermediates, with the signatures of the ``*_ref`` functions."""
+    """The four swappable intermediates, with the signatures of the ``*_ref`` functions, and
+    optionally the fused mask (``fame_mask_cuda``'s signature; None: compose the mask in torch)."""
 
     name: str
     motion_and_bins: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     color_histograms: Callable[..., torch.Tensor]
     merge: Callable[..., torch.Tensor]
     merge_normalize: Callable[..., torch.Tensor]
+    fame_mask: Callable[..., torch.Tensor] | None = None
 
 
 TORCH_OPS = Ops(
@@ -77,6 +81,14 @@ def _probe(ops: Ops, device: torch.device) -> None:
             TORCH_OPS.merge_normalize(*cpu, mean, std),
         ),
     }
+    if ops.fame_mask is not None:
+        from dali_fame.fame.api import fame_mask  # lazy: api imports this module
+
+        for variant in ("fame", "seed"):
+            checks[f"fame_mask[{variant}]"] = torch.equal(
+                ops.fame_mask(dev[0], variant=variant).cpu(),
+                fame_mask(clips, variant=variant, backend="torch"),
+            )
     wrong = [name for name, ok in checks.items() if not ok]
     if wrong:
         raise RuntimeError(f"the CUDA kernels ran but disagree with the reference: {wrong}")
@@ -97,6 +109,7 @@ def _load_cuda_ops(device_index: int = 0) -> Ops | Exception:
             color_histograms=_cuda.color_histograms_cuda,
             merge=_cuda.merge_cuda,
             merge_normalize=_cuda.merge_normalize_cuda,
+            fame_mask=_cuda.fame_mask_cuda,
         )
         _cuda._kernels(device_index)  # NVRTC compilation of every kernel file
         _probe(ops, torch.device("cuda", device_index))

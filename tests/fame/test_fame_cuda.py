@@ -49,3 +49,22 @@ def test_gpu_merge_equals_the_cpu_reference(clips):
         assert torch.equal(fame_merge(x.cuda(), mask.cuda(), perm, backend=backend).cpu(), cpu)
         gpu_norm = fame_merge_normalize(x.cuda(), mask.cuda(), perm.cuda(), backend=backend)
         torch.testing.assert_close(gpu_norm.cpu(), cpu_norm)
+
+
+def test_fused_mask_path_is_seven_launches_without_host_sync(clips):
+    from dali_fame.fame import cuda as fcuda
+    from dali_fame.fame.dispatch import cuda_ops_status
+
+    ok, reason = cuda_ops_status(torch.cuda.current_device())
+    if not ok:
+        pytest.skip(reason)
+    x = clips[0].cuda()
+    fcuda.fame_mask_cuda(x)  # compiles, sizes the grids, builds the taps once
+    runner = fcuda.CupyRunner(x.device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        result = fcuda.run_fame_mask(x, runner=runner)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert runner.launches == result.launches == 7 <= fcuda.MAX_LAUNCHES_PER_CALL
+    assert torch.equal(result.mask.cpu(), fame_mask(clips[0], backend="torch"))

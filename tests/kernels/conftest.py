@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,6 +36,7 @@ SHIMS = {
     "motion_bins": "motion_bins_shim.cpp",
     "color_hist": "color_hist_shim.cpp",
     "merge": "merge_shim.cpp",
+    "fame_mask": "fame_mask_shim.cpp",  # every kernel of the fused mask, by name
     "selftest": "emu_selftest_shim.cpp",  # the emulator itself
 }
 CXX = os.environ.get("CXX", "g++")
@@ -250,6 +252,47 @@ class Emu:
             hw,
         )
         return out
+
+
+class EmuRunner:
+    """:class:`dali_fame.fame.cuda.KernelRunner` over the host-emulated kernels (CPU tensors).
+
+    Launches any kernel of ``tests/kernels/emu/fame_mask_shim.cpp`` by name with the grid the
+    caller computed and (:data:`dali_fame.fame.cuda.BLOCK`,) threads, checks that every scalar is
+    typed as the launchers must type it for CuPy (np.int32 / np.float32), and records each launch
+    in ``launched`` (kernel name, grid), so that tests can count the launches of a whole path.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, *, max_blocks: int = EMU_MAX_BLOCKS) -> None:
+        self.lib = lib
+        self.max_blocks = max_blocks
+        self.launched: list[tuple[str, tuple[int, ...]]] = []
+
+    def resident_blocks(self, kernel: str) -> int:
+        return self.max_blocks
+
+    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple) -> None:
+        values = []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                assert a.is_contiguous() and a.device.type == "cpu", (kernel, a.shape)
+                values.append(ctypes.c_void_p(a.data_ptr()))
+            elif type(a) is np.int32:
+                values.append(ctypes.c_int(int(a)))
+            elif type(a) is np.float32:
+                values.append(ctypes.c_float(float(a)))
+            else:  # CuPy would pass a Python int / float as 64 bits
+                raise AssertionError(f"{kernel}: untyped scalar argument {a!r}")
+        assert 1 <= len(grid) <= 2 and all(g >= 1 for g in grid), (kernel, grid)
+        gx, gy = (*grid, 1)[:2]
+        self.launched.append((kernel, tuple(grid)))
+        getattr(self.lib, f"emu_{kernel}")(gx, gy, fcuda.BLOCK, *values)
+
+
+@pytest.fixture
+def emu_runner(emu) -> EmuRunner:
+    """A fresh launch-counting runner over the emulated fused-mask kernels."""
+    return EmuRunner(emu.libs["fame_mask"])
 
 
 @pytest.fixture(scope="session")

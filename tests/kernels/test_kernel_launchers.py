@@ -175,7 +175,8 @@ def emu_launchers(emu, monkeypatch):
 
     monkeypatch.setattr(fcuda, "_launch", fake_launch)
     monkeypatch.setattr(fcuda, "_check_one_cuda_device", lambda **t: torch.device("cpu"))
-    monkeypatch.setattr(fcuda, "_max_blocks", lambda index: 6)
+    monkeypatch.setattr(fcuda, "_max_blocks", lambda index, kernel: 6)
+    monkeypatch.setattr(fcuda, "_sm_count", lambda index: 3)
     return launched
 
 
@@ -273,3 +274,52 @@ def test_launchers_reject_mixed_devices():
     clips = _clips(device="cuda")
     with pytest.raises(ValueError, match="same device|CUDA tensor"):
         fcuda.merge_cuda(clips, torch.ones(2, 8, 14, dtype=torch.bool), torch.tensor([1, 0]))
+
+
+# ---- the fused mask launcher end to end on the emulated kernels ----------------------------
+
+
+@pytest.fixture
+def emu_fused(emu, monkeypatch):
+    """fame_mask_cuda with only CuPy replaced: CupyRunner -> _launch -> the emulated kernels."""
+    from conftest import EmuRunner
+
+    runner = EmuRunner(emu.libs["fame_mask"])
+    nvtx_names = []
+
+    def fake_launch(name, device, grid, args, nvtx_name):
+        nvtx_names.append(nvtx_name)
+        runner.launch(name, grid, args)
+
+    monkeypatch.setattr(fcuda, "_launch", fake_launch)
+    monkeypatch.setattr(fcuda, "_check_one_cuda_device", lambda **t: torch.device("cpu"))
+    monkeypatch.setattr(fcuda, "_max_blocks", lambda index, kernel: 6)
+    return runner, nvtx_names
+
+
+@pytest.mark.parametrize("variant", ["fame", "seed"])
+def test_fame_mask_cuda_on_emulated_kernels(emu_fused, variant):
+    from dali_fame.fame import fame_mask
+
+    runner, nvtx_names = emu_fused
+    clips = tricky_clips(3, 4, 15, 22, seed=31)
+    mask = fcuda.fame_mask_cuda(clips, beta=0.3, variant=variant, legacy_hue=True)
+    expected = fame_mask(clips, beta=0.3, variant=variant, legacy_hue=True, backend="torch")
+    assert mask.dtype == torch.bool and torch.equal(mask, expected)
+    assert len(runner.launched) == (7 if variant == "fame" else 4)
+    assert nvtx_names[0] == "fame.motion_bins" and nvtx_names[-1] == "fame.select_top"
+
+
+def test_fame_mask_cuda_rejects_bad_clips():
+    with pytest.raises(ValueError, match="must be a CUDA tensor"):
+        fcuda.fame_mask_cuda(_clips())
+    with pytest.raises(ValueError, match="T >= 2"):
+        fcuda.fame_mask_cuda(_clips(t=1))
+    with pytest.raises(ValueError, match="contiguous"):
+        fcuda.fame_mask_cuda(_clips().transpose(2, 3))
+
+
+def test_clip_grid():
+    assert fcuda.clip_grid(224 * 224, 8, resident=132 * 5) == (83, 8)
+    assert fcuda.clip_grid(7 * 9, 3, resident=660) == (1, 3)  # never more blocks than pixels
+    assert fcuda.clip_grid(224 * 224, 1000, resident=660) == (1, 1000)

@@ -44,13 +44,13 @@ def test_emulation_header_refuses_a_cuda_compiler(nvrtc):
     assert "a CUDA compiler must not include it" in result.log
 
 
-def test_bin_arithmetic_is_not_contracted_into_fma(nvrtc):
-    # The bins are float32-exact only if every float op rounds on its own: explicit __f*_rn
-    # intrinsics must survive NVRTC's default -fmad=true (fma.rn.f64 inside cos/sin is fine).
+@pytest.mark.parametrize("stem", ["motion_bins", "fame_mask"])
+def test_float_arithmetic_is_not_contracted_into_fma(nvrtc, stem):
+    # The bins, blurs, min-max, likelihoods and soft mask are float32-exact only if every float
+    # op rounds on its own: explicit __f*_rn intrinsics must survive NVRTC's default -fmad=true
+    # (fma.rn.f64 inside cos/sin is fine).
     result = nvrtc.compile(
-        fcuda.kernel_source("motion_bins"),
-        "motion_bins.cu",
-        ("-arch=compute_90", *fcuda.NVRTC_OPTIONS),
+        fcuda.kernel_source(stem), f"{stem}.cu", ("-arch=compute_90", *fcuda.NVRTC_OPTIONS)
     )
     assert result.ok, result.log
     assert "fma.rn.f32" not in result.ptx
