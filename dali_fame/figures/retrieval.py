@@ -136,7 +136,7 @@ def retrieval_figure(entries: list[dict], *, out_dir: str | Path, queries: list[
         raise ValueError(f"--top must be >= 1, got {top}")
     panel = 1.8
     fig, axes = plt.subplots(len(chosen), 1 + top, squeeze=False,
-                             figsize=(panel * frames * (1 + top) + 0.5, panel * len(chosen) + 0.6))
+                             figsize=(panel * frames * (1 + top) + 0.5, (panel + 0.45) * len(chosen) + 0.6))
     for row, qi in enumerate(chosen):
         entry = entries[qi]
         cells = [(entry["path"], f"query: {entry['query']}\n{entry['class']}", None)]
@@ -157,7 +157,7 @@ def retrieval_figure(entries: list[dict], *, out_dir: str | Path, queries: list[
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour or "black")
                 spine.set_linewidth(4 if colour else 1)
-    fig.subplots_adjust(hspace=0.45)  # room for the two-line labels above each row
+    fig.subplots_adjust(hspace=0.45, wspace=0.06)  # room for the two-line labels above each row
     if title:
         fig.suptitle(title, fontsize=9)
     return save_png(fig, Path(out_dir) / "retrieval.png")

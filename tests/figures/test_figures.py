@@ -231,3 +231,30 @@ def test_retrieval_figure_names_a_bad_neighbors_file(tmp_path, capsys):
     assert rc == 2 and str(bad) in err
     rc, _, err = _run(["retrieval", "--neighbors", str(tmp_path / "none"), "--out", str(tmp_path)], capsys)
     assert rc == 2 and "no neighbors.json" in err
+
+
+# --- a real pretraining checkpoint (slow: a 2-epoch MoCo run first) -----------------------------
+
+@pytest.mark.slow
+def test_figures_read_a_pretraining_run_and_take_its_backbone(world, tmp_path, capsys):
+    """A run's checkpoints/ folder: the backbone comes from its stored config (no --backbone)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "pretrain"
+    proc = subprocess.run([sys.executable, str(repo / "train" / "pretrain.py"), "--output-dir", str(run),
+                           *world["data"], "--set", "model.backbone=tiny", "--set", "train.batch_size=4",
+                           "--set", "moco.queue_size=16", "--set", "train.image_every=0", "--epochs", "2"],
+                          cwd=repo, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = str(run / "checkpoints")
+    rc, out, err = _run(["cam", *world["data"], "--clips", "1", "--frames", "3", "--pretrained", ckpt,
+                         "--pretrained", "none", "--out", str(tmp_path / "cam")], capsys)
+    assert rc == 0, err
+    assert "(moco): 24 tensors loaded, 0 missing [], 0 unexpected []" in out and "[tiny]" in out
+    _image(_written(out)[0], min_width=350, min_height=300, min_colours=1000)
+    rc, out, err = _run(["retrieval", *world["data"], "--set", "eval.num_clips=2", "--pretrained", ckpt,
+                         "--out", str(tmp_path / "retrieval")], capsys)
+    assert rc == 0, err
+    _image(_written(out)[0], min_width=400, min_height=400, min_colours=500)
