@@ -10,8 +10,19 @@ T = 16, S = 224 and 112):
   stage of the mask, and the paper port's mask + merge (float32 BCTHW in and out); median and
   min of several runs, clips/s.
 * GPU (when torch.cuda.is_available()): each stage and the whole step for backend "torch" and
-  "cuda", timed with CUDA events; clips/s and the fraction of the memory-bandwidth roofline
-  (minimum bytes moved / time / peak bandwidth).
+  "cuda", and each kernel of the fused CUDA mask (dali_fame.fame.cuda.run_fame_mask, 7 launches)
+  alone. Two numbers per row, measured separately:
+  - device time per call: for the CuPy kernels a CUDA graph holding ``--graph-calls``
+    back-to-back calls, replayed (no Python between the kernels), CUDA events around each
+    replay; for the torch-backend stages (host reads inside, not capturable) CUDA events around
+    ``--graph-calls`` back-to-back calls, so their launch gaps are included (method column);
+  - host time per call: the launcher's Python + CuPy / torch dispatch, ``perf_counter`` around
+    back-to-back calls without synchronising (fewer than the GPU's queue depth of launches).
+  Each row also gives its launches per call, the minimum bytes the stage must move (derived in
+  :func:`min_bytes`), GB/s and the fraction of the memory-bandwidth roofline (minimum bytes /
+  device time / peak bandwidth), and the device section lists every kernel's registers, static
+  shared memory and occupancy (blocks per SM from cuOccupancyMaxActiveBlocksPerMultiprocessor),
+  which size its grid.
 
 Writes ``fame.json`` and ``fame.md`` to --out (default benchmarks/results/); --profile also
 writes a torch profiler trace (``fame_trace_<device>.json``, open in chrome://tracing or
@@ -45,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dali_fame.fame import cuda as fame_cuda
 from dali_fame.fame import fame_mask, fame_merge, random_permutation
 from dali_fame.fame import ops as fame_ops
 from dali_fame.fame.api import KINETICS_MEAN, KINETICS_STD
@@ -165,19 +177,143 @@ def _cpu_times(fn: Callable[[], object], *, repeats: int, warmup: int) -> list[f
     return times
 
 
-def _cuda_times(fn: Callable[[], object], *, repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
+def _event_times(fn: Callable[[], object], *, calls: int, repeats: int) -> list[float]:
+    """Device seconds per call: CUDA events around ``calls`` back-to-back calls, ``repeats``
+    times. Launch gaps count: when the host launches slower than the GPU runs, this is the
+    launch rate, not the kernels' time."""
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / calls)
+    return times
+
+
+def _graph_times(fn: Callable[[], object], *, calls: int, repeats: int) -> list[float]:
+    """Device seconds per call with no host work between the kernels: ``calls`` back-to-back
+    calls captured once into a CUDA graph (torch.cuda.graph: the CuPy launchers use torch's
+    current stream, which is the capture stream), the graph replayed ``repeats`` times with CUDA
+    events around each replay. Raises if ``fn`` cannot be captured (a host read or sync)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up off the default stream, as torch recommends
         fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        times.append(start.elapsed_time(end) / 1e3 / calls)
     return times
+
+
+def _host_seconds(fn: Callable[[], object], *, calls: int, repeats: int) -> list[float]:
+    """Host seconds per call of the launcher itself: perf_counter around ``calls`` calls that are
+    not synchronised (the GPU runs behind), the device drained before each repeat. ``calls``
+    times the launches per call must stay below the GPU's queue depth (~1000), or the host
+    would wait for queue slots and this would measure the GPU."""
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls)
+    torch.cuda.synchronize()
+    return times
+
+
+class _CountingRunner(fame_cuda.CupyRunner):
+    """CupyRunner that keeps each launch (kernel, grid, args) of a fused-mask call, so that each
+    kernel can be timed alone with its real inputs (every kernel of the path is idempotent)."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device)
+        self.recorded: list[tuple[str, tuple[int, ...], tuple]] = []
+
+    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple) -> None:
+        self.recorded.append((kernel, grid, args))
+        super().launch(kernel, grid, args)
+
+
+def kernel_launch_info(device_index: int) -> list[dict]:
+    """Per kernel: registers, static shared memory, blocks per SM (occupancy API) and the grid
+    cap a grid-stride launch gets (one wave of resident blocks)."""
+    kernels = fame_cuda._kernels(device_index)
+    sms = torch.cuda.get_device_properties(device_index).multi_processor_count
+    rows = []
+    for name, raw in sorted(kernels.items()):
+        resident = fame_cuda.resident_blocks(device_index, name)
+        rows.append(
+            {
+                "kernel": name,
+                "registers": int(raw.num_regs),
+                "static_shared_bytes": int(raw.shared_size_bytes),
+                "blocks_per_sm": resident // sms,
+                "resident_blocks": resident,
+            }
+        )
+    return rows
+
+
+def min_bytes(stage: str, *, batch: int, frames: int, height: int, width: int) -> int:
+    """Minimum global-memory bytes a stage must move: each input it needs read once, each output
+    written once; re-reads that a kernel serves from L2 and tiny tables (taps, 4 x 1000
+    histograms, thresholds) are not counted. With P = B H W pixels and N = B T H W:
+
+    - ``motion_and_bins`` / ``fame_motion_bins*``: read the clip, 3N bytes (uint8 RGB); write
+      D and the bins, float32 + int32 per pixel: 3N + 8P.
+    - ``fame_blur_rows`` / ``fame_blur_cols_minmax`` / ``seed blur + minmax``: a float32 map in,
+      one out: 8P (the min / max are 8 bytes per clip).
+    - ``seed thresholds``: read the seed map: 4P.
+    - ``color_histograms``: read bins and seed: 8P.
+    - ``fame_seed_hist_soft``: read the blurred motion map and the bins, write the seed and the
+      soft mask: 16P (its 5 further passes over the seed hit L2: 200 KB per clip at 224).
+    - ``soft mask + blur + minmax``: read the bins, write the score: 8P.
+    - ``fame_select_top`` / ``select top-k``: read the blurred soft mask (the score), write the
+      score and the uint8 mask: 9P (torch's select: read the score, write the mask: 5P).
+    - ``mask (fame_mask)``: any implementation must read the clip and write the mask: 3N + P.
+    - ``merge (uint8)``: every output byte is a copy of exactly one input byte (the clip's own
+      where the mask is 1, its partner's where 0), so read 3N, write 3N, read the mask: 6N + P
+      (not 9N: the two sources are disjoint per pixel).
+    - ``merge + normalize (float32)``: read 3N + P, write float32 (B, 3, T, H, W): 15N + P.
+    - ``mask + merge (step)``: the merge cannot start before the mask, which depends on all T
+      frames, so the clip is read twice (once per stage): 3N + P + 6N + P = 9N + 2P.
+    """
+    p = batch * height * width
+    n = p * frames
+    table = {
+        "motion_and_bins": 3 * n + 8 * p,
+        "fame_motion_bins": 3 * n + 8 * p,
+        "fame_motion_bins_vec4": 3 * n + 8 * p,
+        "seed blur + minmax": 8 * p,
+        "fame_blur_rows": 8 * p,
+        "fame_blur_cols_minmax": 8 * p,
+        "seed thresholds": 4 * p,
+        "color_histograms": 8 * p,
+        "fame_seed_hist_soft": 16 * p,
+        "soft mask + blur + minmax": 8 * p,
+        "select top-k": 5 * p,
+        "fame_select_top": 9 * p,
+        "mask (fame_mask)": 3 * n + p,
+        "merge (uint8)": 6 * n + p,
+        "merge + normalize (float32)": 15 * n + p,
+        "mask + merge (step)": 9 * n + 2 * p,
+    }
+    return table[stage]
 
 
 def _stages(
@@ -186,13 +322,11 @@ def _stages(
     """(name, fn, minimum bytes moved) for each stage of one FAME step on ``clips``.
 
     The inputs of each stage are computed once beforehand, so a stage is timed alone. Byte counts
-    are the unavoidable global-memory traffic: the clip bytes each stage must read / write, plus
-    its (B, H, W) maps.
+    are the unavoidable global-memory traffic of :func:`min_bytes`.
     """
     impl = resolve_ops(backend, clips.device)
-    bsz, _, h, w, _ = clips.shape
-    clip_bytes = clips.numel()
-    map_bytes = bsz * h * w * 4
+    bsz, t, h, w, _ = clips.shape
+    nbytes = functools.partial(min_bytes, batch=bsz, frames=t, height=h, width=w)
     k_fg, k_bg = int(0.5 * h * w), int(0.1 * h * w)
     mask_k = int(0.5 * h * w)
     motion, bins = impl.motion_and_bins(clips)
@@ -207,23 +341,11 @@ def _stages(
     perm_d = perm.to(clips.device)
     if not torch.equal(mask, fame_mask(clips, backend=backend)):
         raise RuntimeError("bench_fame: the staged mask differs from fame_mask")
-    return [
-        ("motion_and_bins", lambda: impl.motion_and_bins(clips), clip_bytes + 2 * map_bytes),
-        (
-            "seed blur + minmax",
-            lambda: fame_ops.minmax(fame_ops.gaussian_blur(motion)),
-            2 * map_bytes,
-        ),
-        (
-            "seed thresholds",
-            lambda: fame_ops.seed_thresholds(seed, k_fg=k_fg, k_bg=k_bg),
-            map_bytes,
-        ),
-        (
-            "color_histograms",
-            lambda: impl.color_histograms(bins, seed, thr_fg, thr_bg),
-            2 * map_bytes,
-        ),
+    stages = [
+        ("motion_and_bins", lambda: impl.motion_and_bins(clips)),
+        ("seed blur + minmax", lambda: fame_ops.minmax(fame_ops.gaussian_blur(motion))),
+        ("seed thresholds", lambda: fame_ops.seed_thresholds(seed, k_fg=k_fg, k_bg=k_bg)),
+        ("color_histograms", lambda: impl.color_histograms(bins, seed, thr_fg, thr_bg)),
         (
             "soft mask + blur + minmax",
             lambda: fame_ops.minmax(
@@ -231,22 +353,21 @@ def _stages(
                     fame_ops.soft_mask(bins, *fame_ops.likelihoods(counts, k_fg=k_fg, k_bg=k_bg))
                 )
             ),
-            2 * map_bytes,
         ),
-        ("select top-k", lambda: fame_ops.select_top(score, mask_k), map_bytes + map_bytes // 4),
-        ("merge (uint8)", lambda: impl.merge(clips, mask, perm_d), 3 * clip_bytes),
+        ("select top-k", lambda: fame_ops.select_top(score, mask_k)),
+        ("merge (uint8)", lambda: impl.merge(clips, mask, perm_d)),
         (
             "merge + normalize (float32)",
             lambda: impl.merge_normalize(clips, mask, perm_d, mean, std),
-            2 * clip_bytes + 4 * clip_bytes,
         ),
-        ("mask (fame_mask)", lambda: fame_mask(clips, backend=backend), clip_bytes + 2 * map_bytes),
+        ("mask (fame_mask)", lambda: fame_mask(clips, backend=backend)),
         (
             "mask + merge (step)",
+            # a CPU perm, as the trainer passes it: checked on the host, one pinned copy
             lambda: fame_merge(clips, fame_mask(clips, backend=backend), perm, backend=backend),
-            4 * clip_bytes + 2 * map_bytes,
         ),
     ]
+    return [(name, fn, nbytes(name)) for name, fn in stages]
 
 
 def _cpu_seconds() -> tuple[float, float] | None:
@@ -277,6 +398,22 @@ def _row(name: str, times: list[float], batch: int, **extra) -> dict:
     }
 
 
+class _HostOnlyRunner:
+    """KernelRunner that launches nothing: times the Python side of the fused CUDA mask (launch
+    sequence, grid sizing, typed scalars, output allocation) on any machine. CuPy's own cost per
+    launch (DLPack export, stream wrapper, argument packing) comes on top; the GPU section
+    measures the whole launcher."""
+
+    def __init__(self) -> None:
+        self.launches = 0
+
+    def resident_blocks(self, kernel: str) -> int:
+        return 132 * 5  # an H100's 132 SMs x 5 blocks: only the grid arithmetic depends on it
+
+    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple) -> None:
+        self.launches += 1
+
+
 def bench_cpu(port, args) -> list[dict]:
     rows = []
     for size in args.sizes:
@@ -285,6 +422,19 @@ def bench_cpu(port, args) -> list[dict]:
         kw = {"repeats": args.repeats, "warmup": args.warmup}
         for name, fn, _ in _stages(clips, perm, "torch"):
             rows.append(_row(name, _cpu_times(fn, **kw), args.batch, size=size, impl="reference"))
+        host = _HostOnlyRunner()
+        seq = functools.partial(fame_cuda.run_fame_mask, clips, runner=host)
+        times = _cpu_times(seq, repeats=max(args.repeats, 50), warmup=3)
+        rows.append(
+            _row(
+                "fused mask: Python side of the 7 launches (no kernels run)",
+                times,
+                args.batch,
+                size=size,
+                impl="cuda launcher (host)",
+                launches=host.launches // (max(args.repeats, 50) + 3),
+            )
+        )
         if not args.skip_paper:
             step = functools.partial(port.fame_step, to_bcthw(clips), perm)
             times = _cpu_times(step, repeats=max(3, args.repeats // 2), warmup=1)
@@ -316,6 +466,55 @@ def peak_bandwidth_gbs(device: int) -> tuple[float | None, str]:
     return None, "unknown"
 
 
+#: cuda-backend stage -> (kernel launches per call, CUDA-graph capturable). color_histograms
+#: zero-fills its output (a memset) before its kernel; the step's CPU perm takes a pinned
+#: host-to-device copy, a host step that a graph would freeze.
+CUDA_STAGES = {
+    "motion_and_bins": (1, True),
+    "color_histograms": (2, True),
+    "merge (uint8)": (1, True),
+    "merge + normalize (float32)": (1, True),
+    "mask (fame_mask)": (7, True),
+    "mask + merge (step)": (9, False),
+}
+
+
+def _gpu_row(name, impl, fn, nbytes, *, batch, size, peak, args, launches, graph) -> dict:
+    for _ in range(max(args.warmup, 3)):
+        fn()
+    torch.cuda.synchronize()
+    repeats = max(args.repeats, 20)
+    method = "events"
+    if graph:
+        try:
+            times = _graph_times(fn, calls=args.graph_calls, repeats=repeats)
+            method = "cuda graph"
+        except RuntimeError:  # not capturable: fall back to events (launch gaps included)
+            torch.cuda.synchronize()
+            times = _event_times(fn, calls=args.graph_calls, repeats=repeats)
+    else:
+        times = _event_times(fn, calls=args.graph_calls, repeats=repeats)
+    # launches per call bound the host calls so that the GPU queue never fills (the torch path
+    # launches ~200 kernels per mask; its host time also includes its own host syncs)
+    host_calls = max(1, min(args.graph_calls, 500 // (launches or 200)))
+    host = _host_seconds(fn, calls=host_calls, repeats=5)
+    med = statistics.median(times)
+    gbs = nbytes / med / 1e9
+    return _row(
+        name,
+        times,
+        batch,
+        size=size,
+        impl=impl,
+        method=method,
+        launches=launches,
+        bytes=nbytes,
+        gb_per_s=gbs,
+        roofline=(gbs / peak) if peak else None,
+        host_us=statistics.median(host) * 1e6,
+    )
+
+
 def bench_gpu(args) -> tuple[list[dict], dict]:
     device = torch.device("cuda", torch.cuda.current_device())
     peak, source = peak_bandwidth_gbs(device.index)
@@ -330,25 +529,41 @@ def bench_gpu(args) -> tuple[list[dict], dict]:
             backends.append("cuda")
     except RuntimeError as exc:
         info["cuda_backend_error"] = str(exc)
+    if "cuda" in backends:
+        info["kernels"] = kernel_launch_info(device.index)
     rows = []
     for size in args.sizes:
         clips = make_clips(args.batch, args.frames, size, seed=size).to(device)
         perm = random_permutation(args.batch, generator=torch.Generator().manual_seed(0))
+        kw = {"batch": args.batch, "size": size, "peak": peak, "args": args}
         for backend in backends:
             for name, fn, nbytes in _stages(clips, perm, backend):
-                times = _cuda_times(fn, repeats=max(args.repeats, 20), warmup=max(args.warmup, 3))
-                med = statistics.median(times)
-                gbs = nbytes / med / 1e9
+                # torch's stages read the host (kthvalue sizes, perm.tolist()): never captured;
+                # the cuda backend's torch glue between unfused kernels neither
+                launches, graph = (
+                    (None, False) if backend == "torch" else CUDA_STAGES.get(name, (None, False))
+                )
                 rows.append(
-                    _row(
-                        name,
-                        times,
-                        args.batch,
-                        size=size,
-                        impl=backend,
-                        bytes=nbytes,
-                        gb_per_s=gbs,
-                        roofline=(gbs / peak) if peak else None,
+                    _gpu_row(name, backend, fn, nbytes, launches=launches, graph=graph, **kw)
+                )
+        if "cuda" in backends:
+            # every kernel of the fused mask alone, with the inputs of a real call
+            recorder = _CountingRunner(device)
+            fame_cuda.run_fame_mask(clips, runner=recorder)
+            plain = fame_cuda.CupyRunner(device)
+            _, t, h, w, _ = clips.shape
+            for i, (kernel, grid, kargs) in enumerate(recorder.recorded):
+                nbytes = min_bytes(kernel, batch=args.batch, frames=t, height=h, width=w)
+                fn = functools.partial(plain.launch, kernel, grid, kargs)
+                rows.append(
+                    _gpu_row(
+                        f"fused {i + 1}/{len(recorder.recorded)}: {kernel} grid {grid}",
+                        "cuda",
+                        fn,
+                        nbytes,
+                        launches=1,
+                        graph=True,
+                        **kw,
                     )
                 )
     return rows, info
@@ -430,15 +645,43 @@ def to_markdown(result: dict) -> str:
             "",
             f"## GPU: {g['name']}, peak bandwidth {peak}",
             "",
-            "| size | backend | stage | median ms | clips/s | GB/s | roofline |",
-            "|---|---|---|---|---|---|---|",
+            (
+                "Device time per call (CUDA graph replay of back-to-back calls, or CUDA events around "
+                "them: method) and host time per call (the launcher's Python and dispatch, not "
+                "synchronised) are measured separately. Minimum bytes: `min_bytes` in "
+                "benchmarks/bench_fame.py; roofline = minimum bytes / device time / peak."
+            ),
+            "",
+            (
+                "| size | backend | stage | launches | device ms | method | host us | clips/s "
+                "| min MB | GB/s | roofline |"
+            ),
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in result["gpu"]:
             roof = f"{100 * r['roofline']:.0f}%" if r.get("roofline") is not None else "-"
+            launches = r.get("launches") if r.get("launches") is not None else "-"
             lines.append(
-                f"| {r['size']} | {r['impl']} | {r['name']} | {r['median_ms']:.3f} | "
-                f"{r['clips_per_s']:.0f} | {r['gb_per_s']:.0f} | {roof} |"
+                f"| {r['size']} | {r['impl']} | {r['name']} | {launches} | "
+                f"{r['median_ms']:.4f} | {r.get('method', '-')} | {r.get('host_us', 0):.0f} | "
+                f"{r['clips_per_s']:.0f} | {r['bytes'] / 1e6:.2f} | {r['gb_per_s']:.0f} | {roof} |"
             )
+        if g.get("kernels"):
+            lines += [
+                "",
+                (
+                    "Launch configuration (256-thread blocks; grid-stride grids capped at one wave = "
+                    "SMs x blocks per SM from cuOccupancyMaxActiveBlocksPerMultiprocessor):"
+                ),
+                "",
+                "| kernel | registers | static shared B | blocks / SM | grid cap |",
+                "|---|---|---|---|---|",
+            ]
+            for k in g["kernels"]:
+                lines.append(
+                    f"| {k['kernel']} | {k['registers']} | {k['static_shared_bytes']} | "
+                    f"{k['blocks_per_sm']} | {k['resident_blocks']} |"
+                )
     elif "gpu_skipped" in result:
         lines += ["", f"GPU: skipped ({result['gpu_skipped']})."]
     return "\n".join(lines) + "\n"
@@ -450,6 +693,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 112])
     parser.add_argument("--repeats", type=int, default=9, help="timed runs per case (median)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--graph-calls",
+        type=int,
+        default=20,
+        help="GPU: back-to-back calls per CUDA graph / per event pair (device time per call)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--skip-paper", action="store_true", help="do not time the paper port")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU timings")
