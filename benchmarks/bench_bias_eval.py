@@ -7,12 +7,17 @@ with K randomly initialised backbones (``--backbone tiny``, seeds 0..K-1), in on
    exactly the metrics a separate :func:`evaluate_encoder` call gives it;
 2. the stages of one encoder: reading the world + the (cached) index, decoding + forward,
    the three probes and the other metrics;
-3. K separate :func:`evaluate_encoder` calls against one :func:`evaluate_encoders` call.
+3. K separate :func:`evaluate_encoder` calls against one :func:`evaluate_encoders` call;
+4. with ``--checkpoint NAME=PATH`` (repeatable; trained encoders of the same world, e.g. the
+   bench's runs), the probe's sensitivity to its one hyper-parameter: the main metrics of those
+   encoders and a random-init one for C = 0.1, 1 (the fixed value), 10, 100, from one pass.
 
 Writes ``benchmarks/results/bias_eval.json`` and ``bias_eval.md`` with the machine's load
 average (the numbers are wall seconds: on a shared machine they move with its load).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_bias_eval.py            # K = 4, 2 clips
+    .venv/bin/python benchmarks/bench_bias_eval.py --checkpoint moco=RUN/checkpoints \
+        --checkpoint supervised_balanced=RUN2/checkpoints                        # + sensitivity
     .venv/bin/python benchmarks/bench_bias_eval.py --encoders 2 --preset ci    # smoke run
 """
 
@@ -30,6 +35,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+PROBE_CS = (0.1, 1.0, 10.0, 100.0)
+SENSITIVITY_KEYS = ("same_top1", "swapped_top1", "unseen_top1", "static_top1",
+                    "biased_probe_swapped_top1", "scene_decode_top1", "contrasted_acc")
 
 
 def cpu_seconds() -> float:
@@ -52,6 +60,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                        help="a trained encoder for the probe-sensitivity table (repeatable)")
     parser.add_argument("--results-name", default="bias_eval")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -107,6 +117,30 @@ def main() -> int:
                           num_classes=tables.num_classes, num_known_scenes=tables.num_known_scenes)
     t3, c3 = time.perf_counter(), cpu_seconds()
 
+    # 4. probe sensitivity on trained encoders
+    sensitivity = []
+    if args.checkpoint:
+        trained = {"random_init": encoders["seed0"]}
+        for item in args.checkpoint:
+            name, sep, path = item.partition("=")
+            if not sep:
+                parser.error(f"--checkpoint {item!r}: expected NAME=PATH")
+            trained[name] = load_backbone(path, backbone=args.backbone)
+        feats = extract_features(list(trained.values()), records, clip_len=args.clip_len,
+                                 stride=args.stride, crop=args.crop, num_clips=args.num_clips,
+                                 batch_size=args.batch_size, workers=args.workers)
+        labels = {name: indexed[name][1] for name in SETS}
+        for name, f in zip(trained, feats):
+            split, start = {}, 0
+            for set_name in SETS:
+                n = len(indexed[set_name][0])
+                split[set_name], start = f[start:start + n], start + n
+            for c in PROBE_CS:
+                m = metrics_from_features(split, labels, num_classes=tables.num_classes,
+                                          num_known_scenes=tables.num_known_scenes,
+                                          inverse_regularisation=c)
+                sensitivity.append({"encoder": name, "C": c} | {key: round(m[key], 1) for key in SENSITIVITY_KEYS})
+
     k = args.encoders
     result = {
         "command": " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
@@ -130,6 +164,8 @@ def main() -> int:
         "speedup": round(t_separate / t_together, 2),
         "metrics_identical": True,
         "seed0_metrics": separate["seed0"],
+        "checkpoints": args.checkpoint,
+        "probe_sensitivity": sensitivity,
     }
     out_dir = REPO / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +195,13 @@ def main() -> int:
         f"| speed-up (wall) | {result['speedup']}x | metrics identical (checked first) |",
         "",
     ]
+    if sensitivity:
+        md += ["Probe sensitivity (C = scikit-learn's inverse regularisation; the benchmark uses 1):",
+               "", "| encoder | C | " + " | ".join(SENSITIVITY_KEYS) + " |",
+               "|---|---|" + "---|" * len(SENSITIVITY_KEYS)]
+        md += [f"| {row['encoder']} | {row['C']} | " + " | ".join(str(row[key]) for key in SENSITIVITY_KEYS)
+               + " |" for row in sensitivity]
+        md.append("")
     (out_dir / f"{args.results_name}.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dali_fame.bias.probe import fit_probe
+from dali_fame.bias.probe import INVERSE_REGULARISATION, fit_probe
 from dali_fame.bias.world import MANIFEST_COLUMNS, SETS, TEST_SETS
 from dali_fame.data.records import VideoRecord
 
@@ -300,7 +300,8 @@ def retrieval_at1(queries: torch.Tensor, query: SetLabels,
 
 
 def metrics_from_features(features: Mapping[str, torch.Tensor], sets: Mapping[str, SetLabels], *,
-                          num_classes: int, num_known_scenes: int) -> dict[str, float]:
+                          num_classes: int, num_known_scenes: int,
+                          inverse_regularisation: float = INVERSE_REGULARISATION) -> dict[str, float]:
     """Every metric of :data:`METRIC_KEYS` from per-video features.
 
     Args:
@@ -308,6 +309,8 @@ def metrics_from_features(features: Mapping[str, torch.Tensor], sets: Mapping[st
         sets: set name -> :class:`SetLabels`, for every name of :data:`SETS`.
         num_classes: motion classes (the motion probes' outputs).
         num_known_scenes: the scene probe's outputs; ``train_balanced`` scenes must lie below it.
+        inverse_regularisation: the probes' C (:func:`~dali_fame.bias.probe.fit_probe`); keep
+            the default but for a sensitivity check.
 
     Returns:
         ``{key: percent}``. Three probes are fitted, each once (balanced motion, biased motion,
@@ -322,9 +325,10 @@ def metrics_from_features(features: Mapping[str, torch.Tensor], sets: Mapping[st
     balanced, biased = sets["train_balanced"], sets["train_biased"]
     if int(balanced.scenes.max()) >= num_known_scenes or int(balanced.scenes.min()) < 0:
         raise ValueError(f"train_balanced holds scenes outside the {num_known_scenes} known ones")
-    motion = fit_probe(features["train_balanced"], balanced.labels, num_classes=num_classes)
-    old = fit_probe(features["train_biased"], biased.labels, num_classes=num_classes)
-    scene = fit_probe(features["train_balanced"], balanced.scenes, num_classes=num_known_scenes)
+    c = {"inverse_regularisation": inverse_regularisation}
+    motion = fit_probe(features["train_balanced"], balanced.labels, num_classes=num_classes, **c)
+    old = fit_probe(features["train_biased"], biased.labels, num_classes=num_classes, **c)
+    scene = fit_probe(features["train_balanced"], balanced.scenes, num_classes=num_known_scenes, **c)
 
     pred = {name: motion.predict(features[name]) for name in TEST_SETS}
     swapped = sets["test_swapped"]

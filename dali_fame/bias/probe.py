@@ -73,7 +73,8 @@ class LinearProbe:
         return self.scores(features).argmax(dim=1)
 
 
-def fit_probe(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int) -> LinearProbe:
+def fit_probe(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
+              inverse_regularisation: float = INVERSE_REGULARISATION) -> LinearProbe:
     """Fit the benchmark's probe (recipe in the module docstring).
 
     Args:
@@ -81,6 +82,8 @@ def fit_probe(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int)
         labels: int64 (N,) in ``0 .. num_classes - 1``.
         num_classes: C, the probe's outputs (classes absent from ``labels`` get no training
             signal but still exist, so that test labels index the same columns).
+        inverse_regularisation: scikit-learn's C (the benchmark's fixed value is the default;
+            other values only for the sensitivity check of benchmarks/bench_bias_eval.py).
 
     Returns:
         :class:`LinearProbe`.
@@ -95,6 +98,8 @@ def fit_probe(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int)
     n = int(features.shape[0])
     if n < 2:
         raise ValueError(f"fit_probe: {n} training video(s); a probe needs at least 2")
+    if not inverse_regularisation > 0:
+        raise ValueError(f"fit_probe: inverse_regularisation must be > 0, got {inverse_regularisation}")
     y = labels.detach().to("cpu", torch.int64)
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
         raise ValueError(f"fit_probe: labels span {int(y.min())}..{int(y.max())}, outside "
@@ -110,7 +115,7 @@ def fit_probe(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int)
 
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    penalty = 1.0 / (2.0 * INVERSE_REGULARISATION * n)
+    penalty = 1.0 / (2.0 * inverse_regularisation * n)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=MAX_ITER, history_size=20,
                                   tolerance_grad=TOLERANCE_GRAD, tolerance_change=1e-12,
                                   line_search_fn="strong_wolfe")

@@ -177,6 +177,9 @@ def test_probe_is_deterministic():
     a, b = fit_probe(x, y, num_classes=3), fit_probe(x.clone(), y.clone(), num_classes=3)
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
     assert torch.equal(a.scores(x), b.scores(x))
+    # C is scikit-learn's: a stronger penalty (smaller C) gives smaller weights
+    strong = fit_probe(x, y, num_classes=3, inverse_regularisation=0.01)
+    assert strong.weight.norm() < a.weight.norm()
     with pytest.raises(ValueError, match="outside 0..2"):
         fit_probe(x, y + 1, num_classes=3)
     with pytest.raises(ValueError, match="NaN"):
