@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from dali_fame.config import DataConfig
-from dali_fame.data.video_io import probe_video, read_frames
 from dali_fame.engine.data import build_loader, load_split
 from dali_fame.eval.inference import multiclip_pass
 from dali_fame.eval.retrieval import evaluate_retrieval
@@ -108,6 +107,10 @@ def video_strip(path: str | Path, *, frames: int = 1) -> np.ndarray:
     Returns:
         uint8 (H, frames * W, 3) RGB. Raises VideoDecodeError (a ValueError) naming the file.
     """
+    # imported here: PyAV is only needed to decode (GPU machines may lack it; the package must
+    # import without it, tests/test_selftest.py)
+    from dali_fame.data.video_io import probe_video, read_frames
+
     num = probe_video(path).num_frames
     return np.concatenate(list(read_frames(path, pick_frames(num, frames))), axis=1)
 
