@@ -12,6 +12,9 @@ per-class accuracy, confusion matrix. The run is dali_fame.eval.finetune.run_fin
 CPU demo (no arguments: built-in synthetic data, runs/demo_cpu/checkpoints of the default
 `accelerate launch train/pretrain.py`):
     accelerate launch train/linear_probe.py
+The demo scores the test split (every clip on another class's scene) and the same clips on
+their own scene (eval.extra_test_sets) side by side:
+    top-1 swapped-scene ...% | same-scene ...% (chance 12.5%)
 One GPU, UCF101 split 1, R(2+1)D pretrained on Kinetics-400:
     accelerate launch train/linear_probe.py --config configs/linear_probe_ucf101.yaml \
         --data-root /data/ucf101/videos --dataset-format ucf101 --set data.annotation_dir=/data/ucf101/splits \

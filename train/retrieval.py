@@ -5,7 +5,10 @@ one feature: the mean of its 10 uniformly spaced 16 x 2 clips' L2-normalised bac
 (short side resized + centre crop). Each set is centred by its own mean and L2-normalised;
 queries rank the gallery by cosine similarity; a query is a hit at k when any of its k nearest
 gallery videos has its class. Reports R@1, R@5, R@10, R@20, R@50, and saves the nearest
-neighbours of every query (neighbors.json) for a visual report.
+neighbours of every query (neighbors.json) for a visual report. Extra test sets
+(eval.extra_test_sets; the demo: the test videos on their own scene) query the same gallery
+after the main queries: one column group each in results.md, test_sets in results.json,
+neighbors_<name>.json, and one console line `R@1 swapped-scene ...% | same-scene ...% (chance ...%)`.
 
 CPU demo (no arguments: built-in synthetic data, runs/demo_cpu/checkpoints of the default
 `accelerate launch train/pretrain.py`):
@@ -47,8 +50,9 @@ from dali_fame.eval.results import (
     pretrain_data_label,
     write_results,
 )
-from dali_fame.eval.retrieval import evaluate_retrieval
+from dali_fame.eval.retrieval import chance_recall_at_1, evaluate_retrieval
 from dali_fame.eval.splits import resolve_eval_splits
+from dali_fame.eval.testsets import load_test_sets, side_by_side
 from dali_fame.eval.weights import (
     WeightLoadError,
     check_load,
@@ -113,13 +117,17 @@ def main(argv=None) -> int:
             load_split(cfg.data, split=cfg.eval.test_split, is_main=is_main, wait=accelerator.wait_for_everyone),
             holdout=cfg.eval.holdout, seed=cfg.eval.holdout_seed,
             same_split=cfg.eval.test_split == cfg.eval.train_split)
+        test_sets = load_test_sets(cfg, train=gallery, test=queries, is_main=is_main,
+                                   wait=accelerator.wait_for_everyone, log=logger)
     except ValueError as err:
         raise SystemExit(f"split error: {err}") from None
 
-    # --- features: 10-clip averages of both splits, gathered from every process --------------
+    # --- features: 10-clip averages of the gallery and of every query set, gathered ----------
     features = {}
     splits = {}
-    for role, split_name, split in (("gallery", cfg.eval.train_split, gallery), ("queries", cfg.eval.test_split, queries)):
+    roles = [("gallery", cfg.eval.train_split, gallery), ("queries", cfg.eval.test_split, queries)]
+    roles += [(f"queries {s.name}", cfg.eval.test_split, s.split) for s in test_sets[1:]]
+    for role, split_name, split in roles:
         loader, choice = build_loader(split.records, cfg.data, batch_size=cfg.eval.batch_size, mode="eval",
                                       eval_clips=cfg.eval.num_clips, drop_last=False, seed=cfg.train.seed,
                                       rank=accelerator.process_index, world_size=accelerator.num_processes,
@@ -136,42 +144,61 @@ def main(argv=None) -> int:
                 f"{features['queries']['index'].numel()} query videos, loader {choice.name}",
                 main_process_only=True)
 
-    # --- recall@k and the neighbours of every query ----------------------------------------------
-    g, q = features["gallery"], features["queries"]
-    recalls, sims, idx = evaluate_retrieval(q["outputs"], q["labels"], g["outputs"], g["labels"],
-                                            ks=RECALL_KS, keep=cfg.eval.neighbors)
+    # --- recall@k and the neighbours of every query, per query set ------------------------------
+    g = features["gallery"]
+    names = splits["gallery"].class_names
+    g_records = [splits["gallery"].records[i] for i in g["index"].tolist()]
+    per_set, neighbor_files = {}, []
+    for s, role in zip(test_sets, ["queries"] + [f"queries {s.name}" for s in test_sets[1:]]):
+        q = features[role]
+        set_recalls, sims, idx = evaluate_retrieval(q["outputs"], q["labels"], g["outputs"], g["labels"],
+                                                    ks=RECALL_KS, keep=cfg.eval.neighbors)
+        q_records = [splits[role].records[i] for i in q["index"].tolist()]
+        neighbors = []
+        for qi, rec in enumerate(q_records):
+            neighbors.append({
+                "query": rec.video_id, "path": rec.path, "label": rec.label, "class": names[rec.label],
+                "neighbors": [{"video_id": g_records[j].video_id, "path": g_records[j].path,
+                               "label": g_records[j].label, "class": names[g_records[j].label],
+                               "similarity": round(sim, 5)}
+                              for sim, j in zip(sims[qi, :cfg.eval.neighbors].tolist(),
+                                                idx[qi, :cfg.eval.neighbors].tolist())],
+            })
+        neighbor_files.append((run_dir / ("neighbors.json" if s is test_sets[0] else f"neighbors_{s.name}.json"),
+                               neighbors))
+        per_set[s.name] = {**set_recalls, "num_queries": len(q_records), "source": s.source,
+                           "chance_R@1": chance_recall_at_1(q["labels"], g["labels"])}
+    main = per_set[test_sets[0].name]
+    recalls = {k: main[k] for k in set_recalls}
+    q_records_main = main["num_queries"]
     config_dict = to_dict(cfg)
     accelerator.init_trackers("tb", config=flatten(config_dict))
     accelerator.log({f"retrieval/{k}": v for k, v in recalls.items()}, step=0)
+    for s in test_sets[1:]:
+        accelerator.log({f"retrieval_{s.name}/{k}": per_set[s.name][k] for k in recalls}, step=0)
     accelerator.end_training()
     if not is_main:
         return 0
-    names = splits["gallery"].class_names
-    g_records = [splits["gallery"].records[i] for i in g["index"].tolist()]
-    q_records = [splits["queries"].records[i] for i in q["index"].tolist()]
-    neighbors = []
-    for qi, rec in enumerate(q_records):
-        neighbors.append({
-            "query": rec.video_id, "path": rec.path, "label": rec.label, "class": names[rec.label],
-            "neighbors": [{"video_id": g_records[j].video_id, "path": g_records[j].path,
-                           "label": g_records[j].label, "class": names[g_records[j].label],
-                           "similarity": round(s, 5)}
-                          for s, j in zip(sims[qi, :cfg.eval.neighbors].tolist(), idx[qi, :cfg.eval.neighbors].tolist())],
-        })
-    (run_dir / "neighbors.json").write_text(json.dumps(neighbors, indent=1) + "\n")
+    for path, neighbors in neighbor_files:
+        path.write_text(json.dumps(neighbors, indent=1) + "\n")
     labels = {"method": cfg.eval.method or method_label(ckpt_cfg, kind=report.kind, source=report.source),
               "backbone": backbone_name,
               "pretrain_data": cfg.eval.pretrain_data or pretrain_data_label(ckpt_cfg, kind=report.kind),
               "dataset": dataset_label(cfg.data.format, cfg.data.split_id)}
+    extra_sets = len(test_sets) > 1
     row = write_results(run_dir, task="retrieval", metrics=recalls, labels=labels, config=config_dict,
-                        extra={"weights": report.as_dict(), "num_queries": len(q_records),
-                               "num_gallery": len(g_records)})
-    print(f"\ndone: {len(q_records)} queries against {len(g_records)} gallery videos ({cfg.eval.num_clips} clips each): "
+                        extra={"weights": report.as_dict(), "num_queries": q_records_main,
+                               "num_gallery": len(g_records)},
+                        test_sets=per_set if extra_sets else None)
+    print(f"\ndone: {q_records_main} queries against {len(g_records)} gallery videos ({cfg.eval.num_clips} clips each): "
           + ", ".join(f"{k} {v:.1f}" for k, v in recalls.items()))
-    print(markdown_header("retrieval"))
+    if extra_sets:
+        print(side_by_side({name: m["R@1"] for name, m in per_set.items()}, metric="R@1",
+                           chance=main["chance_R@1"]))
+    print(markdown_header("retrieval", list(per_set) if extra_sets else None))
     print(row)
     print(f"  results     : {run_dir / 'results.json'} (+ results.md)")
-    print(f"  neighbours  : {run_dir / 'neighbors.json'}")
+    print(f"  neighbours  : {', '.join(str(path) for path, _ in neighbor_files)}")
     print(f"  TensorBoard : tensorboard --logdir {run_dir / 'tb'}")
     print(f"  full log    : {log_file}")
     return 0

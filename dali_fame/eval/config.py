@@ -16,6 +16,7 @@ retrieval      -      -       -       -           -      no training
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ TASKS = ("finetune", "linear_probe", "retrieval")
 
 #: recall cut-offs of the retrieval protocol (spec section 8)
 RECALL_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
+#: a test set's name: it becomes a results column, a file suffix and a tracker key
+TEST_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: prefix of an eval.extra_test_sets value naming a folder of the built-in synthetic dataset
+SYNTHETIC_PREFIX = "synthetic:"
 
 
 @dataclass
@@ -69,6 +74,15 @@ class EvalSection:
     #: finetune only: the released recipe's grayscale (p 0.2) + colour jitter (0.4, 0.4, 0.4,
     #: 0.1, p 0.8) on training clips; false = crop + flip only (the linear probe's protocol)
     color_augment: bool = False
+    #: the main test set's name in results and on the console when there are extra test sets
+    test_name: str = "test"
+    #: more test sets, scored after the final test pass (not the eval_every ones) and reported
+    #: beside it: name -> a dataset folder read like the main data (data.format, split
+    #: eval.test_split, annotation files where the reader looks under that folder), with the
+    #: training split's classes and no training video. An absolute path, a path relative to
+    #: data.root, or "synthetic:<folder>": a folder of the built-in synthetic dataset (e.g.
+    #: synthetic:same_scene), skipped with a warning when data.format is not synthetic.
+    extra_test_sets: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,7 +138,30 @@ def validate_eval(cfg: EvalConfig) -> EvalConfig:
                           "loader's crop and flip alone (spec section 5)")
     if not 0.0 <= e.holdout < 1.0:
         raise ConfigError(f"eval.holdout must be in [0, 1) (0: the data's own split); got {e.holdout}")
+    _check_test_sets(e)
     return cfg
+
+
+def _check_test_sets(e: EvalSection) -> None:
+    """eval.test_name and eval.extra_test_sets: names usable as columns and file suffixes,
+    distinct, and every extra set given as a non-empty folder path."""
+    if not isinstance(e.test_name, str) or not TEST_SET_NAME.fullmatch(e.test_name):
+        raise ConfigError(f"eval.test_name must be a name of letters, digits, '_', '-' or '.'; got {e.test_name!r}")
+    if not isinstance(e.extra_test_sets, dict):
+        raise ConfigError("eval.extra_test_sets must be a mapping name -> dataset folder (e.g. "
+                          f"{{same-scene: synthetic:same_scene}}); got {e.extra_test_sets!r}")
+    for name, where in e.extra_test_sets.items():
+        key = f"eval.extra_test_sets.{name}"
+        if not isinstance(name, str) or not TEST_SET_NAME.fullmatch(name):
+            raise ConfigError(f"{key}: a test set's name must be letters, digits, '_', '-' or '.'")
+        if name.lower() == e.test_name.lower():
+            raise ConfigError(f"{key}: the name is eval.test_name's (the main test set); pick another")
+        if not isinstance(where, str) or not where.strip() or where.strip() == SYNTHETIC_PREFIX:
+            raise ConfigError(f"{key} must be a dataset folder (a path, or synthetic:<folder>); got {where!r}")
+    lowered = [n.lower() for n in e.extra_test_sets]
+    if len(set(lowered)) != len(lowered):
+        raise ConfigError(f"eval.extra_test_sets: names differ only in case ({', '.join(e.extra_test_sets)}): "
+                          "they would share result files")
 
 
 def load_eval_config(

@@ -18,6 +18,11 @@ never), then normalisation. The train and test splits must not share videos
 (:mod:`dali_fame.eval.splits`). Outputs in
 ``output_dir``: config.yaml, checkpoints/, metrics.jsonl, summary.csv (one row per epoch with the
 ledger counts and the test pass columns), tb/, results.json + results.md, confusion.png.
+
+Extra test sets (``eval.extra_test_sets``, :mod:`dali_fame.eval.testsets`) are checked at
+start-up and scored after the final test pass with the same model; each gets its column group in
+results.md, its entry in results.json's ``test_sets``, a confusion_<name>.png and its share of
+one console line: ``top-1 swapped-scene 0.0% | same-scene 83.3% (chance 12.5%)``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from dali_fame.eval.results import (
     write_results,
 )
 from dali_fame.eval.splits import resolve_eval_splits
+from dali_fame.eval.testsets import EvalSet, load_test_sets, side_by_side
 from dali_fame.eval.weights import (
     WeightLoadError,
     assert_unchanged,
@@ -126,6 +132,8 @@ def run_finetune(cfg: EvalConfig, *, pretrained_from_cli: bool, resume: str | No
             load_split(cfg.data, split=cfg.eval.test_split, is_main=is_main, wait=accelerator.wait_for_everyone),
             holdout=cfg.eval.holdout, seed=cfg.eval.holdout_seed,
             same_split=cfg.eval.test_split == cfg.eval.train_split)
+        test_sets = load_test_sets(cfg, train=train_split, test=test_split, is_main=is_main,
+                                   wait=accelerator.wait_for_everyone, log=logger)
     except ValueError as err:
         raise SystemExit(f"split error: {err}") from None
     if cfg.eval.test_split == cfg.eval.train_split:
@@ -136,8 +144,10 @@ def run_finetune(cfg: EvalConfig, *, pretrained_from_cli: bool, resume: str | No
               "local_rank": accelerator.local_process_index}
     train_loader, loader_choice = build_loader(train_split.records, cfg.data, batch_size=local_batch,
                                                mode="train", num_views=1, **common)
-    test_loader, _ = build_loader(test_split.records, cfg.data, batch_size=cfg.eval.batch_size, mode="eval",
-                                  eval_clips=cfg.eval.num_clips, drop_last=False, **common)
+    test_loaders = {s.name: build_loader(s.split.records, cfg.data, batch_size=cfg.eval.batch_size, mode="eval",
+                                         eval_clips=cfg.eval.num_clips, drop_last=False, **common)[0]
+                    for s in test_sets}
+    main_set = test_sets[0]
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise SystemExit(f"config error: {len(train_split.records)} training videos give no full batch of "
@@ -165,6 +175,8 @@ def run_finetune(cfg: EvalConfig, *, pretrained_from_cli: bool, resume: str | No
                 f"{len(test_split.records)} test videos, {steps_per_epoch} steps/epoch, {world} process(es), "
                 f"batch {cfg.train.batch_size} ({local_batch}/process), loader {loader_choice.name}",
                 main_process_only=True)
+    for s in test_sets[1:]:
+        logger.info(f"extra test set {s.name}: {len(s.split.records)} videos from {s.source}", main_process_only=True)
 
     # The released finetune recipe: grayscale then colour jitter, no blur (eval.color_augment).
     augment = (ClipAugment(crop=cfg.data.crop, jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.4,
@@ -184,13 +196,14 @@ def run_finetune(cfg: EvalConfig, *, pretrained_from_cli: bool, resume: str | No
         acc1 = topk_accuracy(logits.detach().float(), labels, ks=(1,))[1]
         return StepOutput(loss=loss, metrics={"acc1": acc1})
 
-    def test_pass() -> tuple[dict, torch.Tensor]:
+    def test_pass(test_set: EvalSet = main_set) -> tuple[dict, torch.Tensor]:
+        """Score every video of ``test_set``: (metrics of classification_results, confusion int64 (C, C))."""
         net.eval()
         local, error = None, None
         try:
-            local = multiclip_pass(net, test_loader, device=accelerator.device, reduce="softmax",
+            local = multiclip_pass(net, test_loaders[test_set.name], device=accelerator.device, reduce="softmax",
                                    autocast=accelerator.autocast, progress=is_main,
-                                   desc=f"test ({cfg.eval.num_clips} clips)")
+                                   desc=f"test {test_set.name} ({cfg.eval.num_clips} clips)")
         except Exception as err:  # a rank that fails must still meet the others before the gather
             logger.exception(f"test pass failed on rank {rank}", main_process_only=False)
             error = f"the test pass failed: {type(err).__name__}: {err}"
@@ -200,8 +213,9 @@ def run_finetune(cfg: EvalConfig, *, pretrained_from_cli: bool, resume: str | No
             accelerator.end_training()
             raise SystemExit(f"error: {error}")
         out = gather_indexed(accelerator, local)  # (N, C) scores of every test video, by index
-        if out["index"].numel() != len(test_split.records):
-            logger.warning(f"{len(test_split.records) - out['index'].numel()} test videos failed to decode "
+        expected = len(test_set.split.records)
+        if out["index"].numel() != expected:
+            logger.warning(f"{expected - out['index'].numel()} videos of test set {test_set.name} failed to decode "
                            f"and are not scored", main_process_only=True)
         return classification_results(out["outputs"], out["labels"], class_names=class_names)
 
@@ -235,14 +249,23 @@ def run_finetune(cfg: EvalConfig, *, pretrained_from_cli: bool, resume: str | No
                 print(line)
         return 0
 
-    # --- final test: 10 clips per video, gathered from every process -------------------------
-    test_metrics, cm = test_pass()
+    # --- final test: 10 clips per video, gathered from every process; then the extra sets ------
+    scored = {s.name: test_pass(s) for s in test_sets}
+    test_metrics, cm = scored[main_set.name]
     accelerator.log({"test/top1": test_metrics["top1"], "test/top5": test_metrics["top5"]}, step=state.step)
+    for s in test_sets[1:]:
+        accelerator.log({f"test_{s.name}/top1": scored[s.name][0]["top1"],
+                         f"test_{s.name}/top5": scored[s.name][0]["top5"]}, step=state.step)
     accelerator.end_training()
     if not is_main:
         return 0
     figure = save_confusion_figure(cm, run_dir / "confusion.png", class_names=class_names,
                                    title=f"{task} {backbone_name}: top-1 {test_metrics['top1']:.1f}%")
+    for s in test_sets[1:]:
+        save_confusion_figure(scored[s.name][1], run_dir / f"confusion_{s.name}.png", class_names=class_names,
+                              title=f"{task} {backbone_name}, {s.name}: top-1 {scored[s.name][0]['top1']:.1f}%")
+    per_set = ({s.name: {**scored[s.name][0], "source": s.source, "confusion_matrix": scored[s.name][1].tolist()}
+                for s in test_sets} if len(test_sets) > 1 else None)
     row_labels = {"method": cfg.eval.method or method_label(ckpt_cfg, kind=report.kind, source=report.source),
                   "backbone": backbone_name,
                   "pretrain_data": cfg.eval.pretrain_data or pretrain_data_label(ckpt_cfg, kind=report.kind),
@@ -250,14 +273,18 @@ def run_finetune(cfg: EvalConfig, *, pretrained_from_cli: bool, resume: str | No
     row = write_results(run_dir, task=task, metrics=test_metrics, labels=row_labels, config=config_dict,
                         extra={"weights": report.as_dict(), "steps": state.step, "epochs": state.epoch,
                                "confusion_matrix": cm.tolist(), "frozen_backbone_checked": frozen,
-                               "replaced_videos": [path for path, _ in run.replaced]})
+                               "replaced_videos": [path for path, _ in run.replaced]},
+                        test_sets=per_set)
     print(f"\ndone: {state.step} steps, {state.epoch} epochs; test on {test_metrics['num_videos']} videos x "
           f"{cfg.eval.num_clips} clips: top-1 {test_metrics['top1']:.2f}%, top-5 {test_metrics['top5']:.2f}%, "
           f"mean class {test_metrics['mean_class_acc']:.2f}%")
-    print(markdown_header(task))
+    if per_set:
+        print(side_by_side({name: m["top1"] for name, m in per_set.items()}, metric="top-1",
+                           chance=100.0 / len(class_names)))
+    print(markdown_header(task, list(per_set or [])))
     print(row)
     print(f"  results     : {run_dir / 'results.json'} (+ results.md)")
-    print(f"  confusion   : {figure}")
+    print(f"  confusion   : {figure}" + "".join(f", confusion_{name}.png" for name in list(per_set or [])[1:]))
     print(f"  TensorBoard : tensorboard --logdir {run_dir / 'tb'}")
     print(f"  full log    : {log_file}")
     for line in report_replaced(run.replaced):

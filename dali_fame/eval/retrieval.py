@@ -81,3 +81,16 @@ def evaluate_retrieval(
     sims, idx = nearest_neighbors(q, g, k=max(max(ks), keep))
     recalls = recall_at_k(gallery_labels.to(idx.device)[idx], query_labels.to(idx.device), ks=ks)
     return recalls, sims, idx
+
+
+def chance_recall_at_1(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> float:
+    """R@1 (percent) of a retrieval that ranks the gallery at random: the mean over queries of
+    the share of gallery videos with the query's class (1 / C for a class-balanced gallery).
+
+    query_labels int64 (Q,), gallery_labels int64 (G,), G >= 1.
+    """
+    if gallery_labels.numel() == 0:
+        raise ValueError("chance_recall_at_1: the gallery is empty")
+    labels = torch.cat([query_labels.flatten(), gallery_labels.flatten()]).long()
+    share = torch.bincount(gallery_labels.long(), minlength=int(labels.max()) + 1).double() / gallery_labels.numel()
+    return float(share[query_labels.long()].mean() * 100)

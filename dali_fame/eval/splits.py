@@ -88,7 +88,7 @@ def resolve_eval_splits(train, test, *, holdout: float = 0.0, seed: int = 0, sam
         return (dataclasses.replace(train, records=keep_train),
                 dataclasses.replace(test, records=keep_test))
     if shared and not same_split:
-        example = sorted(shared)[0]
+        example = min(shared)
         raise ValueError(
             f"the test split shares {len(shared)} of its {len(test_paths)} videos with the "
             f"training split (e.g. {example}): the evaluation would test on its own training "

@@ -39,8 +39,12 @@ def test_every_shipped_eval_config_loads(path, tmp_path):
     dataset = path.stem.split("_")[-1]
     if dataset == "demo":
         assert cfg.data.format == "synthetic" and cfg.eval.pretrained == "runs/demo_cpu/checkpoints"
+        # the demo scores the synthetic same-scene set beside the (scene-swapped) test split
+        assert cfg.eval.test_name == "swapped-scene"
+        assert cfg.eval.extra_test_sets == {"same-scene": "synthetic:same_scene"}
     else:
         assert cfg.data.format == dataset and cfg.data.split_id == 1 and cfg.data.stride == 2
+        assert cfg.eval.extra_test_sets == {} and cfg.eval.test_name == "test"
     if task == "finetune":
         assert cfg.optim.lr == 0.025 and cfg.model.dropout == {"ucf101": 0.7, "hmdb51": 0.5}.get(dataset, 0.5)
         if dataset != "demo":
@@ -63,6 +67,14 @@ def test_a_config_for_another_task_is_refused():
     ("optim.lr=-1", "optim.lr"),
     ("data.crop=8", "data.crop"),
     ("eval.nonsense=1", "eval.nonsense"),
+    ("eval.test_name=a b", "eval.test_name"),
+    ("eval.extra_test_sets=[same_scene]", "eval.extra_test_sets must be a mapping"),
+    ("eval.extra_test_sets={bad/name: /x}", "eval.extra_test_sets.bad/name: a test set's name"),
+    ("eval.extra_test_sets={Swapped-Scene: /x}", "eval.extra_test_sets.Swapped-Scene: the name is eval.test_name's"),
+    ("eval.extra_test_sets={same: ''}", "eval.extra_test_sets.same must be a dataset folder"),
+    ("eval.extra_test_sets={same: 'synthetic:'}", "eval.extra_test_sets.same must be a dataset folder"),
+    ("eval.extra_test_sets={same: 3}", "eval.extra_test_sets.same must be a dataset folder"),
+    ("eval.extra_test_sets={Same: /x, same: /y}", "eval.extra_test_sets: names differ only in case"),
 ])
 def test_bad_values_name_the_setting(setting, message):
     args = argparse.Namespace(set=[setting])
@@ -82,3 +94,54 @@ def test_flags_map_onto_settings(tmp_path):
     args = argparse.Namespace(data_root=str(tmp_path), dataset_format=None, set=[])
     cfg = load_eval_config(CONFIGS / "finetune_ucf101.yaml", task="finetune", overrides=cli_overrides(args))
     assert cfg.data.format == "ucf101" and cfg.data.root == str(tmp_path)
+
+
+def test_extra_test_set_folders_resolve_and_missing_ones_name_the_setting(tmp_path):
+    from dali_fame.eval.config import parse_override
+    from dali_fame.eval.testsets import extra_set_data, extra_set_folders
+
+    (tmp_path / "synth" / "same_scene").mkdir(parents=True)
+    (tmp_path / "data" / "swapped").mkdir(parents=True)
+    demo = load_eval_config(CONFIGS / "linear_probe_demo.yaml", task="linear_probe")
+    folders, warnings = extra_set_folders(demo, synthetic_root=tmp_path / "synth")
+    assert folders == {"same-scene": tmp_path / "synth" / "same_scene"} and warnings == []
+    data = extra_set_data(demo, folders["same-scene"])  # read like the built-in data's main split
+    assert (data.format, data.root, data.annotation_dir) == ("ucf101", str(tmp_path / "synth" / "same_scene"), None)
+    assert (data.crop, data.clip_len) == (demo.data.crop, demo.data.clip_len)
+    # the demo config on other data: the synthetic set is skipped, and said so
+    other = load_eval_config(CONFIGS / "linear_probe_demo.yaml", task="linear_probe",
+                             overrides=[{"data": {"root": str(tmp_path / "data"), "format": "ucf101"}}])
+    folders, warnings = extra_set_folders(other, synthetic_root=None)
+    assert folders == {} and len(warnings) == 1 and "eval.extra_test_sets.same-scene" in warnings[0]
+    # a relative folder is the data root's; an absolute one is itself; a missing one is an error
+    rel = load_eval_config(CONFIGS / "finetune_ucf101.yaml", task="finetune", overrides=[
+        {"data": {"root": str(tmp_path / "data")}}, parse_override("eval.extra_test_sets={swapped: swapped}")])
+    assert extra_set_folders(rel, synthetic_root=None)[0] == {"swapped": tmp_path / "data" / "swapped"}
+    assert extra_set_data(rel, tmp_path / "data" / "swapped").format == "ucf101"
+    missing = load_eval_config(CONFIGS / "finetune_ucf101.yaml", task="finetune", overrides=[
+        {"data": {"root": str(tmp_path / "data")}}, parse_override(f"eval.extra_test_sets={{x: {tmp_path / 'no'}}}")])
+    with pytest.raises(ValueError, match=r"eval\.extra_test_sets\.x: .*no is not a folder"):
+        extra_set_folders(missing, synthetic_root=None)
+
+
+def test_side_by_side_line_and_results_columns(tmp_path):
+    import json
+
+    from dali_fame.eval.results import markdown_header, write_results
+    from dali_fame.eval.testsets import side_by_side
+
+    line = side_by_side({"swapped-scene": 0.0, "same-scene": 83.333}, metric="top-1", chance=12.5)
+    assert line == "top-1 swapped-scene 0.0% | same-scene 83.3% (chance 12.5%)"
+    sets = {"swapped-scene": {"top1": 0.0, "top5": 50.0}, "same-scene": {"top1": 83.333, "top5": 100.0}}
+    labels = {"method": "MoCo", "backbone": "tiny", "pretrain_data": "synthetic", "dataset": "synthetic"}
+    row = write_results(tmp_path, task="linear_probe", metrics=sets["swapped-scene"], labels=labels, config={},
+                        test_sets=sets)
+    assert row == "| linear_probe | MoCo | tiny | synthetic | synthetic | 0.0 | 50.0 | 83.3 | 100.0 |"
+    assert markdown_header("linear_probe", list(sets)).splitlines()[0].endswith(
+        "| top-1 swapped-scene | top-5 swapped-scene | top-1 same-scene | top-5 same-scene |")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["top1"] == 0.0 and list(saved["test_sets"]) == ["swapped-scene", "same-scene"]
+    # one test set: the table and the file are as they always were
+    row = write_results(tmp_path, task="linear_probe", metrics=sets["same-scene"], labels=labels, config={})
+    assert row.endswith("| 83.3 | 100.0 |") and "test_sets" not in json.loads((tmp_path / "results.json").read_text())
+    assert markdown_header("linear_probe").splitlines()[0].endswith("| top-1 | top-5 |")

@@ -65,3 +65,12 @@ def test_nearest_neighbors_chunks_give_the_same_answer():
     torch.testing.assert_close(s1, s2)  # matmul blocking may differ in the last bit
     with pytest.raises(ValueError, match="feature sizes"):
         nearest_neighbors(q, torch.randn(3, 4), k=1)
+
+
+def test_chance_recall_at_1_is_the_share_of_the_querys_class_in_the_gallery():
+    from dali_fame.eval.retrieval import chance_recall_at_1
+
+    gallery = torch.tensor([0, 0, 0, 1])  # class 0: 3 of 4, class 1: 1 of 4, class 2: none
+    assert chance_recall_at_1(torch.tensor([0, 1]), gallery) == pytest.approx(50.0)
+    assert chance_recall_at_1(torch.tensor([2]), gallery) == 0.0
+    assert chance_recall_at_1(torch.tensor([0, 1, 2, 3]), torch.arange(4).repeat(3)) == pytest.approx(25.0)
