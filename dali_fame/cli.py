@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("dali_fame.bench", "run a benchmark from benchmarks/ (loader, fame, train)"),
     "selftest": ("dali_fame.selftest",
                  "check every GPU path (tests, decoding, benchmarks, training) and report"),
+    "bias-bench": ("dali_fame.bias.bench", "pretrain, evaluate and report the background-bias benchmark"),
     "figure": ("dali_fame.figures.command", "draw the paper's figures as PNGs (masks, cam, temporal, retrieval)"),
 }
 
