@@ -81,15 +81,15 @@ def _differ(a: np.ndarray, b: np.ndarray) -> bool:
 # --- masks -------------------------------------------------------------------------------------
 
 def test_masks_figure_writes_one_png_per_clip_and_follows_beta(world, tmp_path, capsys):
-    args = ["masks", *world["data"], "--clips", "2", "--frames", "3"]
+    args = ["masks", *world["data"], "--clips", "2", "--frames", "2"]  # matplotlib: ~50 ms per panel
     rc, out, err = _run([*args, "--out", str(tmp_path / "b05")], capsys)
     assert rc == 0, err
     paths = _written(out)
     assert len(paths) == 2 and all(p.parent == tmp_path / "b05" for p in paths)
-    img = _image(paths[0], min_width=400, min_height=700, min_colours=500)  # 7 rows x 3 frames
+    img = _image(paths[0], min_width=250, min_height=700, min_colours=500)  # 7 rows x 2 frames
     rc, out, err = _run([*args, "--beta", "0.3", "--out", str(tmp_path / "b03")], capsys)
     assert rc == 0, err
-    assert _differ(img, _image(_written(out)[0], min_width=400, min_height=700, min_colours=500))
+    assert _differ(img, _image(_written(out)[0], min_width=250, min_height=700, min_colours=500))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
