@@ -56,6 +56,7 @@ import itertools
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,10 @@ from dali_fame.bias.world import MANIFEST_COLUMNS, SETS, TEST_SETS
 from dali_fame.data.records import VideoRecord
 
 logger = logging.getLogger(__name__)
+
+# Seeded random init swaps torch's global generator state for the construction; the bench
+# loads encoders from several threads, which would otherwise interleave their draws.
+_INIT_LOCK = threading.Lock()
 
 #: the keys :func:`evaluate_encoder` returns, in table order
 METRIC_KEYS: tuple[str, ...] = (
@@ -538,8 +543,9 @@ def load_backbone(checkpoint: str | os.PathLike | None, *, backbone: str,
             for a randomly initialised backbone.
         backbone: registry name (:func:`dali_fame.models.list_backbones`); must match the
             backbone the checkpoint was trained with when it records one.
-        seed: for random init, draw the weights under ``torch.manual_seed(seed)`` without
-            touching the global generator (None: from the global generator as it stands).
+        seed: for random init, draw the weights under ``torch.manual_seed(seed)``, leaving the
+            global generator as it was (None: from the global generator as it stands). Safe
+            from several threads at once (the seeded construction holds a lock).
         model_kwargs: the backbone's options (e.g. ``width`` of ``tiny``).
 
     Raises:
@@ -561,7 +567,7 @@ def load_backbone(checkpoint: str | os.PathLike | None, *, backbone: str,
     if seed is None:
         model = build_backbone(backbone, **model_kwargs)
     else:
-        with torch.random.fork_rng(devices=[]):
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_backbone(backbone, **model_kwargs)
     report = load_pretrained(model, path, prefix="")
