@@ -192,6 +192,21 @@ def test_temporal_kernels_are_the_t11_convolutions_of_every_block():
     assert sum(w.size for ws in kernels.values() for w in ws) == expected
 
 
+def test_temporal_values_by_hand():
+    """One (3, 1, 1) conv of 2 x 1 kernels [1, -2, 2] and [0, 3, 4] next to a (1, 3, 3) spatial one."""
+    from dali_fame.figures.temporal import temporal_values
+
+    model = nn.Sequential()
+    model.add_module("layer1", nn.Sequential(nn.Conv3d(1, 1, (1, 3, 3), bias=False),
+                                             nn.Conv3d(1, 2, (3, 1, 1), bias=False)))
+    with torch.no_grad():
+        model.layer1[1].weight.copy_(torch.tensor([[1.0, -2.0, 2.0], [0.0, 3.0, 4.0]]).view(2, 1, 3, 1, 1))
+    assert sorted(temporal_values(model, stat="abs")["layer1"].tolist()) == [0, 1, 2, 2, 3, 4]
+    assert temporal_values(model, stat="kernel-l2")["layer1"].tolist() == [3.0, 5.0]  # sqrt(1+4+4), sqrt(9+16)
+    with pytest.raises(ValueError, match="--stat"):
+        temporal_values(model, stat="max")
+
+
 def test_temporal_figure_refuses_a_network_without_temporal_convolutions(world, tmp_path, capsys):
     rc, _, err = _run(["temporal", "--pretrained", f"tiny={world['ckpt']['tiny_a']}", "--backbone", "tiny",
                        "--out", str(tmp_path)], capsys)
