@@ -466,10 +466,10 @@ def evaluate_encoders(
 ) -> dict[str, dict[str, float]]:
     """All bias metrics of several encoders on ``world``, from one decoding pass.
 
-    Decoding is most of the cost of a small encoder (tiny at 8 x 32 x 32: ~6 ms of decoding per
-    video on a busy 2-core machine against ~1 ms of forward for 2 clips), so a benchmark that
-    scores many checkpoints passes them here together: the world is decoded once, memory stays
-    one batch of clips. Same arguments as :func:`evaluate_encoder`; returns ``{name: metrics}``.
+    Decoding is most of the cost of a small encoder (tiny, 2 clips of 8 x 32 x 32: ~3.3 CPU ms of
+    decoding per video against ~1.1 ms of forward; benchmarks/results/bias_eval.md: 4 encoders
+    in one pass 2.9x faster than 4 calls), so a benchmark that scores many checkpoints passes
+    them here together: the world is decoded once, memory stays one batch of clips. Same arguments as :func:`evaluate_encoder`; returns ``{name: metrics}``.
     """
     if not backbones:
         raise ValueError("evaluate_encoders: no backbone given")
