@@ -283,3 +283,14 @@ def test_one_decoding_pass_for_several_encoders_gives_each_its_own_metrics(ci_wo
     alone = evaluate_encoder(encoders["motion"], ci_world, workers=0, batch_size=8, **CLIP)
     assert together["motion"] == alone  # another batching and worker count: the same numbers
     assert together["scene"]["scene_decode_top1"] > together["motion"]["scene_decode_top1"]
+
+
+def test_a_damaged_video_is_an_error_naming_it_not_a_silent_substitute(ci_world, tmp_path):
+    import shutil
+
+    world = shutil.copytree(ci_world.out_dir, tmp_path / "world", symlinks=False)
+    victim = read_world(world).sets["test_static"].paths[3]
+    data = Path(victim).read_bytes()
+    Path(victim).write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match=Path(victim).name):
+        evaluate_encoder(SceneColour(), world, workers=0, batch_size=8, **CLIP)
