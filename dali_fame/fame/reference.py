@@ -39,10 +39,12 @@ __all__ = [
     "TWO_PI_F32",
     "check_clips",
     "color_histograms_ref",
+    "device_scalar",
     "merge_normalize_ref",
     "merge_ref",
     "motion_and_bins_ref",
     "true_div",
+    "true_div_",
 ]
 
 #: colour bins: 10 levels each of the hue-disk x, hue-disk y and value (spec step 4)
@@ -90,14 +92,38 @@ def _check_contiguous(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"dali_fame.fame: {name} must be contiguous (call .contiguous() first)")
 
 
+_DEVICE_SCALARS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def device_scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A 0-dim tensor holding ``value`` in ``like``'s dtype on ``like``'s device, built once.
+
+    A fresh ``torch.tensor(value, device=cuda)`` per call is a pageable host-to-device copy that
+    waits for the GPU; the constants here are created once per (value, dtype, device) and reused
+    (read only) by every later call.
+    """
+    key = (float(value), like.dtype, like.device)
+    scalar = _DEVICE_SCALARS.get(key)
+    if scalar is None:
+        scalar = torch.tensor(float(value), dtype=like.dtype).to(like.device)
+        _DEVICE_SCALARS[key] = scalar
+    return scalar
+
+
 def true_div(x: torch.Tensor, divisor: float) -> torch.Tensor:
     """x / divisor as an IEEE division on every device.
 
-    torch's CUDA kernels compute ``tensor / python_scalar`` as ``tensor * (1 / scalar)``, which is
-    not always the correctly rounded quotient; a divisor tensor on x's device keeps the true
-    division (the CPU always divides).
+    torch's CUDA kernels compute ``tensor / python_scalar`` (and ``tensor / cpu_scalar_tensor``)
+    as ``tensor * (1 / scalar)``, which is not always the correctly rounded quotient; a divisor
+    tensor on x's device keeps the true division (the CPU always divides). The divisor tensor is
+    cached per device (:func:`device_scalar`): no host-to-device copy per call.
     """
-    return x / torch.tensor(divisor, dtype=x.dtype, device=x.device)
+    return x / device_scalar(divisor, x)
+
+
+def true_div_(x: torch.Tensor, divisor: float) -> torch.Tensor:
+    """In-place :func:`true_div`: ``x /= divisor`` as an IEEE division; returns x."""
+    return x.div_(device_scalar(divisor, x))
 
 
 def _q10_float(u: torch.Tensor) -> torch.Tensor:
@@ -111,30 +137,36 @@ def _bins_from_mean(
     """Colour bin of each pixel of the mean frame (spec step 4; exact ops in the module doc).
 
     Args:
-        r, g, b: float32 (...) mean-frame channels in [0, 1], same shape.
+        r, g, b: float32 (...) mean-frame channels in [0, 1], same shape, contiguous.
         legacy_hue: multiply the hue angle by 2*pi once more, as the released code does.
 
     Returns:
         int32 (...) in 0..999.
     """
-    v = torch.maximum(torch.maximum(r, g), b)
-    delta = v - torch.minimum(torch.minimum(r, g), b)
+    v = torch.maximum(r, g)
+    torch.maximum(v, b, out=v)
+    delta = torch.minimum(r, g)
+    torch.minimum(delta, b, out=delta)
+    torch.sub(v, delta, out=delta)
     s = delta / (v + 1e-8)
-    # Selections are exact arithmetic with float 0/1 masks (x + 0, x * 1, 0 * finite). The masks
-    # come from in-place float comparisons (x.clone().eq_(y) holds 1.0 / 0.0): on the CPU
-    # torch.where and any bool mask mixed into float arithmetic cost ~15x an add.
-    dl = delta + delta.clone().eq_(0.0)  # delta, or 1 where delta == 0
-    r_max = r.clone().eq_(v)  # the first of r, g, b wins a tie for the max
-    g_max = g.clone().eq_(v)
-    g_max -= g_max * r_max
-    b_max = (1.0 - r_max).sub_(g_max)
-    # h6 = ((g - b) / dl) * r_max + (2 + (b - r) / dl) * g_max + (4 + (r - g) / dl) * b_max,
-    # summed left to right
-    h6 = (g - b).div_(dl).mul_(r_max)
-    h6 += (b - r).div_(dl).add_(2.0).mul_(g_max)
-    h6 += (r - g).div_(dl).add_(4.0).mul_(b_max)
-    a = true_div(h6, 6.0)
-    frac = a + a.clone().lt_(0.0)  # a + 1 where a < 0: torch.remainder(a, 1)
+    # Selections are exact arithmetic with float 0/1 masks (x * 1, x * 0 = +-0, x + 0): on the
+    # CPU torch.where and any bool tensor cost ~15-30x an add. A comparison written into a float
+    # tensor (out=) holds 1.0 / 0.0 directly.
+    dl = torch.eq(delta, 0.0, out=torch.empty_like(delta)).add_(delta)  # delta, or 1 if 0
+    r_max = torch.eq(r, v, out=torch.empty_like(v))  # the first of r, g, b wins a tie for max
+    g_max = torch.eq(g, v, out=torch.empty_like(v))
+    torch.gt(g_max, r_max, out=g_max)  # g is the max and r is not
+    not_r = torch.sub(1.0, r_max)
+    b_max = not_r - g_max
+    # h6 = (g - b) / dl, 2 + (b - r) / dl or 4 + (r - g) / dl: the selected numerator is exact
+    # (the two others contribute +-0), so num / dl + offset rounds exactly like the spec's
+    # per-case formula (only the sign of a zero h6 can differ, which theta = 0 absorbs).
+    num = torch.sub(g, b).mul_(r_max)
+    num += torch.sub(b, r).mul_(g_max)
+    num += torch.sub(r, g).mul_(b_max)
+    offset = not_r.add_(b_max).mul_(2.0)  # 2 * g_max + 4 * b_max
+    a = true_div_(num.div_(dl).add_(offset), 6.0)  # h6 / 6
+    frac = torch.lt(a, 0.0, out=dl).add_(a)  # a + 1 where a < 0: torch.remainder(a, 1)
     theta = frac.mul_(TWO_PI_F32)
     if legacy_hue:
         theta = theta.mul_(2.0).mul_(PI_F32)
@@ -142,9 +174,8 @@ def _bins_from_mean(
     px = theta64.cos().float().mul_(s).add_(1.0).div_(2.0)  # (s * c + 1) / 2
     py = theta64.sin().float().mul_(s).add_(1.0).div_(2.0)
     # q(px) + 10 q(py) + 100 q(v) with q = rint(u * 9 + 1) - 1: small integers, exact in float32
-    out = _q10_float(v).mul_(100.0)
-    out += _q10_float(py).mul_(10.0)
-    out += _q10_float(px)
+    # in any order; Horner form (q(v) * 10 + q(py)) * 10 + q(px).
+    out = _q10_float(v).mul_(10.0).add_(_q10_float(py)).mul_(10.0).add_(_q10_float(px))
     return out.sub_(111.0).to(torch.int32)
 
 
@@ -165,33 +196,35 @@ def motion_and_bins_ref(
     _check_contiguous(clips, "clips")
     bsz, t, h, w, _ = clips.shape
     n = h * w * 3
-    # Integer sums are exact; int16 halves the memory traffic while 255 * T fits. One clip at a
-    # time: torch sums a contiguous (T, N) over dim 0 fast (a batched (B, T, N) over dim 1 is
-    # several times slower on the CPU), and the (T-1, N) uint8 difference stays in cache.
-    acc = torch.int16 if 255 * t <= torch.iinfo(torch.int16).max else torch.int32
-    motion_acc = torch.empty(bsz, n, dtype=acc, device=clips.device)
-    mean_acc = torch.empty(bsz, n, dtype=acc, device=clips.device)
-    # two (T-1, N) uint8 scratch buffers reused by every clip (no allocation per clip)
-    diff = torch.empty(t - 1, n, dtype=torch.uint8, device=clips.device)
-    low = torch.empty_like(diff)
+    # Integer sums are exact. Per pixel and channel, |a - b| = 2 max(a, b) - a - b, so
+    #   sum_t |X[t] - X[t-1]| = 2 (sum_t max(X[t], X[t-1]) - sum_t X[t]) + X[0] + X[T-1]:
+    # the motion sum costs one max and one reduction on top of the mean frame's sum. Widened to
+    # int16 once per clip (half the traffic of int32; torch's uint8 -> int16 reduction is several
+    # times slower than the widening copy plus an int16 reduction) while the channel sum
+    # 3 * 255 * T fits; one clip at a time, so the (T, N) buffers are reused and stay in cache.
+    acc = torch.int16 if 3 * 255 * t <= torch.iinfo(torch.int16).max else torch.int32
+    wide = torch.empty(t, n, dtype=acc, device=clips.device)
+    pair_max = torch.empty(t - 1, n, dtype=acc, device=clips.device)
+    frame_sum = torch.empty(bsz, n, dtype=acc, device=clips.device)
+    motion_sum = torch.empty(bsz, n, dtype=acc, device=clips.device)
     for i in range(bsz):
-        x = clips[i].view(t, n)
-        later, earlier = x[1:], x[:-1]
-        torch.maximum(later, earlier, out=diff)
-        diff.sub_(torch.minimum(later, earlier, out=low))  # |a - b| exactly in uint8
-        torch.sum(diff, dim=0, dtype=acc, out=motion_acc[i])
-        torch.sum(x, dim=0, dtype=acc, out=mean_acc[i])
-    # The channel sum in float32 is exact (integers below 2**24) and feeds the division directly.
-    rgb = motion_acc.view(bsz, h * w, 3).float()
-    motion = true_div(rgb[..., 0] + rgb[..., 1] + rgb[..., 2], float(255 * (t - 1)))
-    motion = motion.view(bsz, h, w)
-    # Planar (3, B, H*W) so that r, g and b are contiguous for the elementwise HSV maths.
-    planes = (
-        mean_acc.view(bsz, h * w, 3)
-        .permute(2, 0, 1)
-        .to(torch.float32, memory_format=torch.contiguous_format)
-    )
-    r, g, b = true_div(planes, float(255 * t)).unbind(0)
+        wide.copy_(clips[i].view(t, n))
+        torch.sum(wide, dim=0, out=frame_sum[i])
+        torch.maximum(wide[1:], wide[:-1], out=pair_max)
+        torch.sum(pair_max, dim=0, out=motion_sum[i])
+    motion_sum.sub_(frame_sum).mul_(2)
+    motion_sum += clips[:, 0].reshape(bsz, n)
+    motion_sum += clips[:, t - 1].reshape(bsz, n)
+    # Channel sum in integers, then one conversion (exact below 2**24) and one division.
+    per_channel = motion_sum.view(bsz, h * w, 3)
+    motion = torch.add(per_channel[..., 0], per_channel[..., 1])
+    motion += per_channel[..., 2]
+    motion = true_div_(motion.float(), float(255 * (t - 1))).view(bsz, h, w)
+    # Planar (3, B, H*W) so that r, g and b are contiguous for the elementwise HSV maths (a copy
+    # into a planar buffer: .to(memory_format=...) of the permuted view is ~10x slower).
+    planes = torch.empty(3, bsz, h * w, dtype=torch.float32, device=clips.device)
+    planes.copy_(frame_sum.view(bsz, h * w, 3).permute(2, 0, 1))
+    r, g, b = true_div_(planes, float(255 * t)).unbind(0)
     bins = _bins_from_mean(r, g, b, legacy_hue=legacy_hue).view(bsz, h, w)
     return motion, bins
 
@@ -232,23 +265,27 @@ def color_histograms_ref(
             )
     s_flat = seed.reshape(bsz, -1)
     fg_t, bg_t = thr_fg[:, None], thr_bg[:, None]
-    # Histogram slot per pixel: (clip * 5 + category) * 1000 + bin, category 0..3 as in the
-    # output, 4 = none (dropped); one slot for the foreground pair, one for the background pair,
-    # since a pixel may belong to both (e.g. thr_fg == thr_bg). The slots are small integers
-    # (below 2**24), exact in float32, and the 0/1 masks come from in-place float comparisons:
-    # on the CPU bool masks, int64 arithmetic and torch.where each cost several times more.
-    clip_base = torch.arange(bsz, dtype=torch.int32, device=bins.device)[:, None] * (5 * NUM_BINS)
-    base = (bins.reshape(bsz, -1) + (clip_base + 4 * NUM_BINS)).float()
-    slots = torch.empty(2, *s_flat.shape, dtype=torch.float32, device=bins.device)
-    fg_slot, bg_slot = slots.unbind(0)
-    # category 4 - 4 * (seed > thr_fg) - 3 * (seed == thr_fg)
-    fg_slot.copy_(s_flat).gt_(fg_t).mul_(-4 * NUM_BINS).add_(base)
-    fg_slot.sub_(s_flat.clone().eq_(fg_t).mul_(3 * NUM_BINS))
-    # category 4 - 2 * (seed < thr_bg) - (seed == thr_bg)
-    bg_slot.copy_(s_flat).lt_(bg_t).mul_(-2 * NUM_BINS).add_(base)
-    bg_slot.sub_(s_flat.clone().eq_(bg_t).mul_(NUM_BINS))
-    counts = torch.bincount(slots.view(-1).to(torch.int64), minlength=bsz * 5 * NUM_BINS)
-    return counts.view(bsz, 5, NUM_BINS)[:, :4].to(torch.int32).contiguous()
+    # Per pixel, a category c in 0..2 for each set: foreground c = (seed > thr_fg) +
+    # (seed >= thr_fg), 2 above, 1 equal; background c = (seed < thr_bg) + (seed <= thr_bg),
+    # 2 below, 1 equal; 0 (also for a NaN seed) counts nowhere. The histogram slot of a pixel is
+    # (clip * 6 + set * 3 + c) * 1000 + bin. The category arithmetic runs on float 0/1 maps (on
+    # the CPU bool maps and mixed-dtype arithmetic cost several times more), exact small
+    # integers, converted once to int32.
+    cat = torch.empty(2, *s_flat.shape, dtype=torch.float32, device=seed.device)
+    tie = torch.empty_like(cat)
+    torch.gt(s_flat, fg_t, out=cat[0])
+    torch.ge(s_flat, fg_t, out=tie[0])
+    torch.lt(s_flat, bg_t, out=cat[1])
+    torch.le(s_flat, bg_t, out=tie[1])
+    cat += tie
+    cat[1] += 3.0
+    slots = cat.mul_(NUM_BINS).to(torch.int32)
+    clip_base = torch.arange(0, bsz * 6 * NUM_BINS, 6 * NUM_BINS, dtype=torch.int32,
+                             device=bins.device)
+    slots += bins.reshape(bsz, -1) + clip_base[:, None]
+    counts = torch.bincount(slots.view(-1), minlength=bsz * 6 * NUM_BINS).view(bsz, 6, NUM_BINS)
+    # slot 2: seed > thr_fg, 1: == thr_fg, 5: seed < thr_bg, 4: == thr_bg
+    return counts[:, [2, 1, 5, 4]].to(torch.int32)
 
 
 def _check_merge_inputs(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> None:
@@ -294,8 +331,9 @@ def merge_ref(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> to
 def byte_mask(mask: torch.Tensor) -> torch.Tensor:
     """bool/uint8 (B, H, W) -> uint8 (B, 1, H*W*3): 0xFF where mask, 0 elsewhere, per channel."""
     bsz, h, w = mask.shape
-    full = mask.bool().to(torch.uint8).mul_(255)
-    return full[..., None].expand(bsz, h, w, 3).reshape(bsz, 1, h * w * 3)
+    # a bool tensor's bytes are 0 / 1: read them as uint8 (no conversion pass)
+    ones = (mask if mask.dtype == torch.bool else mask != 0).view(torch.uint8)
+    return (ones * 255)[..., None].expand(bsz, h, w, 3).reshape(bsz, 1, h * w * 3)
 
 
 def select_bytes(
@@ -338,8 +376,8 @@ def merge_normalize_ref(
     keep = byte_mask(mask)
     mean_c = mean.to(clips.device)[:, None, None, None]
     std_c = std.to(clips.device)[:, None, None, None]
-    d255 = torch.tensor(255.0, device=clips.device)  # a tensor divisor: true division on CUDA
     out = torch.empty(bsz, 3, t, h, w, dtype=torch.float32, device=clips.device)
+    d255 = device_scalar(255.0, out)  # a tensor divisor: true division on CUDA
     merged = torch.empty_like(clips[0])
     for b, src in enumerate(perm.tolist()):
         select_bytes(clips[b].view(t, -1), clips[src].view(t, -1), keep[b], out=merged.view(t, -1))
