@@ -141,6 +141,23 @@ inline float __uint_as_float(unsigned int x) { return std::bit_cast<float>(x); }
 inline int __float_as_int(float x) { return std::bit_cast<int>(x); }
 inline float __int_as_float(int x) { return std::bit_cast<float>(x); }
 
+// ---- test hook: a less accurate float sincosf ------------------------------------------------
+// With FAME_EMU_SINCOSF_SKEW_ULP = k (an integer, tests only), sincosf returns sin and cos moved
+// k ulps away from the host libm's values (towards +inf for k > 0, -inf for k < 0), so that the
+// tests can check kernels that rely on CUDA's 2-ulp bound for sincosf against the worst case.
+#ifdef FAME_EMU_SINCOSF_SKEW_ULP
+inline void fame_emu_sincosf(float x, float* s, float* c) {
+  ::sincosf(x, s, c);
+  constexpr int k = FAME_EMU_SINCOSF_SKEW_ULP;
+  const float towards = k > 0 ? HUGE_VALF : -HUGE_VALF;
+  for (int i = 0; i < (k > 0 ? k : -k); ++i) {
+    *s = nextafterf(*s, towards);
+    *c = nextafterf(*c, towards);
+  }
+}
+#define sincosf fame_emu_sincosf
+#endif
+
 // ---- launch ---------------------------------------------------------------------------------
 // Runs kernel<<<grid, block>>>(args...) synchronously: block.x*block.y*block.z std::threads, each
 // looping over all blocks of the grid; a barrier after every block keeps blocks one at a time.

@@ -11,10 +11,12 @@
 // T < 2^21), the mean frame is sum / (255 T) with ONE float32 division, and every later float32
 // operation is spelled as an explicit round-to-nearest intrinsic (__fadd_rn, __fmul_rn, ...),
 // which the compiler may not fuse into FMAs; so the bin is the same whatever the compiler flags.
-// cos/sin are evaluated in double precision (one sincos) and rounded once to float32: that is
-// the correctly rounded float32 value (bar astronomically rare midpoint cases), identical on every
-// device and in the torch reference, whereas float32 cosf differs by an ulp between libraries
-// (and would move pixels lying on a bin edge). It is done once per pixel, not per frame.
+// The reference defines cos/sin in double precision (one sincos) rounded once to float32: the
+// correctly rounded float32 value (bar astronomically rare midpoint cases), identical on every
+// device and in torch. The kernels compute float sincosf (2 ulp) and redo the trigonometry in
+// double only when the float result lies within 1e-5 of a rounding edge of q (0.59% of the 2^24
+// uint8 colours, 0.2% with the legacy hue): same bins, FP64 almost never (see color_bin for the
+// error bound; tested exhaustively in emulation with sincosf skewed by +-2 ulp).
 //
 // Two entry points with identical arithmetic:
 //   fame_motion_bins        one thread per pixel, byte loads; any H*W and alignment.
@@ -36,9 +38,23 @@ __device__ __forceinline__ float motion_value(int abs_diff_sum, int T) {
   return __fdiv_rn(static_cast<float>(abs_diff_sum), static_cast<float>(255 * (T - 1)));
 }
 
-// Colour bin of the mean-frame pixel whose channel sums over T frames are (sr, sg, sb).
-// Spec step 4: hexcone HSV, hue as an angle, (s cos, s sin) disk, 10 x 10 x 10 bins.
-__device__ __forceinline__ int color_bin(int sr, int sg, int sb, int T, int legacy_hue) {
+// rint argument of q(): u * 9 + 1, two IEEE float ops (q(u) = rint(this) - 1).
+__device__ __forceinline__ float q10_arg(float u) { return __fadd_rn(__fmul_rn(u, 9.0f), 1.0f); }
+
+// Hue-disk coordinate (s * trig + 1) / 2 (spec step 4), as rint argument of q().
+__device__ __forceinline__ float disk_q_arg(float s, float trig) {
+  return q10_arg(__fdiv_rn(__fadd_rn(__fmul_rn(s, trig), 1.0f), 2.0f));
+}
+
+// Whether rint(x) could change if x moved by up to 3.6e-6: |x - (floor(x) + 0.5)| <= 1e-5.
+// x in [1, 10]: x - floor(x) and the - 0.5 are exact.
+__device__ __forceinline__ bool near_half(float x) {
+  return fabsf(__fsub_rn(__fsub_rn(x, floorf(x)), 0.5f)) <= 1e-5f;
+}
+
+// HSV of the mean frame (spec step 4, exact float32 as the reference): s, v and the hue angle.
+__device__ __forceinline__ void mean_hsv(int sr, int sg, int sb, int T, int legacy_hue, float* s_out,
+                                         float* v_out, float* theta_out) {
   const float denom = static_cast<float>(T * 255);  // exact for T < 65794
   const float r = __fdiv_rn(static_cast<float>(sr), denom);
   const float g = __fdiv_rn(static_cast<float>(sg), denom);
@@ -64,13 +80,50 @@ __device__ __forceinline__ int color_bin(int sr, int sg, int sb, int T, int lega
     // The released code's `h * 2 * np.pi`, left to right: radians times 2 pi once more.
     theta = __fmul_rn(__fmul_rn(theta, 2.0f), 3.1415927f);  // float32(pi)
   }
-  double sin_d, cos_d;  // one shared argument reduction (FP64 is slow on consumer GPUs)
+  *s_out = s;
+  *v_out = v;
+  *theta_out = theta;
+}
+
+// The reference's bin: cos / sin in double precision, rounded once to float32 (the correctly
+// rounded float32 values, identical in torch and on every device).
+__device__ __forceinline__ int color_bin_exact(int sr, int sg, int sb, int T, int legacy_hue) {
+  float s, v, theta;
+  mean_hsv(sr, sg, sb, T, legacy_hue, &s, &v, &theta);
+  double sin_d, cos_d;
   sincos(static_cast<double>(theta), &sin_d, &cos_d);
-  const float c = static_cast<float>(cos_d);
-  const float sn = static_cast<float>(sin_d);
-  const float px = __fdiv_rn(__fadd_rn(__fmul_rn(s, c), 1.0f), 2.0f);
-  const float py = __fdiv_rn(__fadd_rn(__fmul_rn(s, sn), 1.0f), 2.0f);
-  return quantize10(px) + 10 * quantize10(py) + 100 * quantize10(v);
+  const int qx = static_cast<int>(rintf(disk_q_arg(s, static_cast<float>(cos_d)))) - 1;
+  const int qy = static_cast<int>(rintf(disk_q_arg(s, static_cast<float>(sin_d)))) - 1;
+  return qx + 10 * qy + 100 * quantize10(v);
+}
+
+// The same bin without FP64 in the common case (FP64 runs at 1/32 or 1/64 of FP32 on T4-class
+// and consumer GPUs). Float sincosf is within 2 ulp of cos / sin (CUDA C Programming Guide,
+// single-precision functions without -use_fast_math), so it differs from the correctly rounded
+// value by at most 2.5 ulp <= 3 * 2^-24. Through the five rounded float ops of q's argument
+// (s * c, + 1, / 2, * 9, + 1) that moves the argument by at most 3.6e-6 (each op adds one ulp
+// of its result: 6e-8, 1.2e-7, 0, 9.5e-7, 9.5e-7, and * 9 scales the input error). rint only
+// jumps at half-integers, so unless the float argument lies within 1e-5 of one (near_half) the
+// float and the exact path give the same level. Near a half the double path decides; with
+// s = 0 both paths give s * c = 0 exactly (the grey axis, where px = py = 0.5 always).
+// tests/kernels/test_kernel_motion_bins.py checks fast == exact on all 2^24 uint8 means (T = 1)
+// and sampled sums for T = 16, with the emulated sincosf skewed by +-2 ulp as well.
+__device__ __forceinline__ int color_bin(int sr, int sg, int sb, int T, int legacy_hue) {
+  float s, v, theta;
+  mean_hsv(sr, sg, sb, T, legacy_hue, &s, &v, &theta);
+  float sin_f, cos_f;
+  sincosf(theta, &sin_f, &cos_f);
+  float ax = disk_q_arg(s, cos_f);
+  float ay = disk_q_arg(s, sin_f);
+  if (s != 0.0f && (near_half(ax) || near_half(ay))) {
+    double sin_d, cos_d;
+    sincos(static_cast<double>(theta), &sin_d, &cos_d);
+    ax = disk_q_arg(s, static_cast<float>(cos_d));
+    ay = disk_q_arg(s, static_cast<float>(sin_d));
+  }
+  const int qx = static_cast<int>(rintf(ax)) - 1;
+  const int qy = static_cast<int>(rintf(ay)) - 1;
+  return qx + 10 * qy + 100 * quantize10(v);
 }
 
 }  // namespace fame_mb
@@ -88,7 +141,8 @@ extern "C" __global__ void fame_motion_bins(const unsigned char* __restrict__ cl
     const unsigned char* x = clips + (clip * T * HW + pix) * 3;
     int pr = x[0], pg = x[1], pb = x[2];
     int sr = pr, sg = pg, sb = pb, diff = 0;
-    for (int t = 1; t < T; ++t) {
+#pragma unroll 4
+    for (int t = 1; t < T; ++t) {  // unrolled: 4 frames' loads in flight per thread
       x += frame_bytes;
       const int r = x[0], g = x[1], b = x[2];
       diff += abs(r - pr) + abs(g - pg) + abs(b - pb);
@@ -129,7 +183,8 @@ extern "C" __global__ void fame_motion_bins_vec4(const unsigned char* __restrict
         sum[k] = prev[k];
       }
     }
-    for (int t = 1; t < T; ++t) {
+#pragma unroll 4
+    for (int t = 1; t < T; ++t) {  // unrolled: 12 independent 32-bit loads in flight per thread
       w += frame_words;
       const unsigned int w0 = w[0], w1 = w[1], w2 = w[2];
 #pragma unroll

@@ -38,6 +38,14 @@ SHIMS = {
     "merge": "merge_shim.cpp",
     "fame_mask": "fame_mask_shim.cpp",  # every kernel of the fused mask, by name
     "selftest": "emu_selftest_shim.cpp",  # the emulator itself
+    "bins_check": "bins_check_shim.cpp",  # FP64-free bins vs the exact bins, exhaustively
+    "bins_check_skew_p2": "bins_check_shim.cpp",  # ... with sincosf 2 ulp too high
+    "bins_check_skew_m2": "bins_check_shim.cpp",  # ... and 2 ulp too low
+}
+#: extra compiler flags per shim build
+SHIM_FLAGS = {
+    "bins_check_skew_p2": ("-DFAME_EMU_SINCOSF_SKEW_ULP=2",),
+    "bins_check_skew_m2": ("-DFAME_EMU_SINCOSF_SKEW_ULP=-2",),
 }
 CXX = os.environ.get("CXX", "g++")
 CXXFLAGS = (
@@ -61,6 +69,7 @@ def _source_hash(kernels: Path) -> str:
     version = subprocess.run([CXX, "--version"], capture_output=True, text=True, check=True).stdout
     h.update(version.encode())
     h.update(" ".join(CXXFLAGS).encode())
+    h.update(repr(sorted(SHIM_FLAGS.items())).encode())
     for path in sorted(kernels.glob("*.cu*")) + sorted(EMU_DIR.glob("*.cpp")):
         h.update(path.name.encode())
         h.update(path.read_bytes())
@@ -76,7 +85,8 @@ def _build(kernels: Path, out_dir: Path) -> dict[str, Path]:
         if libs[stem].is_file():
             continue
         tmp = out_dir / f".lib{stem}_emu.{os.getpid()}.so"  # atomic publish below
-        cmd = [CXX, *CXXFLAGS, f"-I{kernels}", str(EMU_DIR / shim), "-o", str(tmp)]
+        flags = SHIM_FLAGS.get(stem, ())
+        cmd = [CXX, *CXXFLAGS, *flags, f"-I{kernels}", str(EMU_DIR / shim), "-o", str(tmp)]
         procs[stem] = (subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True), tmp, cmd)
     for stem, (proc, tmp, cmd) in procs.items():
         _, err = proc.communicate()
