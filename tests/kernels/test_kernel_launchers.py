@@ -323,3 +323,18 @@ def test_clip_grid():
     assert fcuda.clip_grid(224 * 224, 8, resident=132 * 5) == (83, 8)
     assert fcuda.clip_grid(7 * 9, 3, resident=660) == (1, 3)  # never more blocks than pixels
     assert fcuda.clip_grid(224 * 224, 1000, resident=660) == (1, 1000)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("legacy_hue", [False, True], ids=["hue", "legacy_hue"])
+@pytest.mark.parametrize("size", GPU_SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_fused_mask_on_the_gpu_equals_the_reference_stage_by_stage(size, legacy_hue):
+    from test_kernel_fame_mask import _reference_stages
+
+    clips = tricky_clips(*size, seed=sum(size) + legacy_hue)
+    runner = fcuda.CupyRunner(torch.device("cuda", torch.cuda.current_device()))
+    result = fcuda.run_fame_mask(clips.cuda(), runner=runner, legacy_hue=legacy_hue)
+    for name, expected in _reference_stages(clips, legacy_hue=legacy_hue).items():
+        got = getattr(result, name).cpu()
+        assert torch.equal(got, expected), f"{name}: {int((got != expected).sum())} differ"
+    assert runner.launches == result.launches == 7
