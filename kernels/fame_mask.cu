@@ -85,8 +85,10 @@ __device__ __forceinline__ float minmax_den(const unsigned int* __restrict__ sta
 // (1-based; rank 0 = not wanted, result undefined) in keys[s]. Radix select from the most
 // significant byte: per pass a 256-bin shared histogram of the candidates' next byte, then the
 // byte where the running count reaches the rank. Block-wide, all threads must call it.
-// Scratch in shared memory: hist[2 * 256], part[2 * 16], state[4].
-__device__ void block_select2(const float* __restrict__ v, int n, unsigned int rank0,
+// Scratch in shared memory: hist[2 * 256], part[2 * 16], state[4]. v is written by the calling
+// kernel just before (no __restrict__ / read-only-cache loads: ld.global.nc is not coherent
+// with the kernel's own writes; the PTX loads it with plain ld.global).
+__device__ void block_select2(const float* v, int n, unsigned int rank0,
                               unsigned int rank1, unsigned int* hist, unsigned int* part,
                               unsigned int* state, unsigned int keys[2]) {
   const int tid = threadIdx.x;
