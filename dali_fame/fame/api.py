@@ -18,7 +18,7 @@ import torch
 
 from dali_fame.fame import ops as _ops
 from dali_fame.fame.dispatch import resolve_ops
-from dali_fame.fame.reference import byte_mask, check_clips, select_bytes
+from dali_fame.fame.reference import byte_mask, check_clips, permuted, select_bytes
 from dali_fame.fame.variants import VARIANTS, check_grid_beta, gauss_score, grid_mask
 
 __all__ = [
@@ -212,19 +212,15 @@ def _select(
     """out[b] = clips[b] where mask[b] else background[perm[b]]; any dtype, torch only."""
     out = torch.empty_like(clips)
     t = clips.shape[1]
+    sources = permuted(background, perm)  # no host read of a GPU perm
     if clips.dtype == torch.uint8:
         keep_bytes = byte_mask(mask)
-        for b, src in enumerate(perm.tolist()):
-            select_bytes(
-                clips[b].view(t, -1),
-                background[src].view(t, -1),
-                keep_bytes[b],
-                out=out[b].view(t, -1),
-            )
+        for b, bg in enumerate(sources):
+            select_bytes(clips[b].view(t, -1), bg.view(t, -1), keep_bytes[b], out=out[b].view(t, -1))
         return out
     keep = mask.bool()[:, None, :, :, None]
-    for b, src in enumerate(perm.tolist()):
-        torch.where(keep[b], clips[b], background[src], out=out[b])
+    for b, bg in enumerate(sources):
+        torch.where(keep[b], clips[b], bg, out=out[b])
     return out
 
 

@@ -29,8 +29,8 @@ class FAMEOutput(NamedTuple):
     view1: torch.Tensor  #: uint8 (B, T, H, W, 3)
     mask0: torch.Tensor | None  #: bool (B, H, W)
     mask1: torch.Tensor | None  #: bool (B, H, W)
-    perm0: torch.Tensor | None  #: int64 (B,), the background source of each clip
-    perm1: torch.Tensor | None  #: int64 (B,)
+    perm0: torch.Tensor | None  #: int64 (B,) on the CPU, the background source of each clip
+    perm1: torch.Tensor | None  #: int64 (B,) on the CPU
 
 
 class FAME(nn.Module):
@@ -95,9 +95,30 @@ class FAME(nn.Module):
             f"derangement={self.derangement}"
         )
 
+    def _permutations(self, batch: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+        """Every random draw of a step, made on the host in one place: the background source of
+        each clip, one int64 (B,) CPU tensor per augmented view (view 0, then view 1 if
+        ``both``). Intra-video backgrounds use the identity (clip b's own third clip).
+
+        :func:`~dali_fame.fame.api.fame_merge` checks a CPU permutation on the host and sends it
+        with one pinned non-blocking copy, so nothing here waits for the GPU.
+        """
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError(
+                "dali_fame.fame.FAME: the generator must be a CPU torch.Generator (the "
+                f"permutations are drawn on the host), got one on {generator.device}"
+            )
+        views = 2 if self.both else 1
+        if self.background == "intra":
+            return [torch.arange(batch) for _ in range(views)]
+        return [
+            random_permutation(batch, generator=generator, derangement=self.derangement)
+            for _ in range(views)
+        ]
+
     def _augment_view(
-        self, view: torch.Tensor, generator: torch.Generator | None, intra: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, view: torch.Tensor, perm: torch.Tensor, intra: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         mask = fame_mask(
             view,
             beta=self.beta,
@@ -107,13 +128,8 @@ class FAME(nn.Module):
             bg_fraction=self.bg_fraction,
             backend=self.backend,
         )
-        bsz = view.shape[0]
-        if intra is not None:
-            perm = torch.arange(bsz, device=view.device)
-        else:
-            perm = random_permutation(bsz, generator=generator, derangement=self.derangement)
         merged = fame_merge(view, mask, perm, background=intra, backend=self.backend)
-        return merged, mask, perm
+        return merged, mask
 
     def forward(
         self,
@@ -127,12 +143,13 @@ class FAME(nn.Module):
 
         Args:
             view0, view1: uint8 (B, T, H, W, 3) RGB channels-last, the two MoCo views.
-            generator: source of the permutations (None: torch's global generator).
+            generator: CPU source of the permutations (None: torch's global generator).
             intra: uint8 (B, T, H, W, 3), a third clip of each video, required when
                 ``background="intra"`` (ignored otherwise: an error if given).
 
         Returns:
-            :class:`FAMEOutput`; view1 is returned as is unless ``both``.
+            :class:`FAMEOutput` (permutations as int64 CPU tensors); view1 is returned as is
+            unless ``both``.
         """
         if self.background == "intra" and intra is None:
             raise ValueError("dali_fame.fame.FAME: background='intra' needs the intra clip")
@@ -143,11 +160,12 @@ class FAME(nn.Module):
                 f"dali_fame.fame.FAME: views differ in shape {tuple(view0.shape)} vs "
                 f"{tuple(view1.shape)}"
             )
-        out0, mask0, perm0 = self._augment_view(view0, generator, intra)
+        perms = self._permutations(view0.shape[0], generator)
+        out0, mask0 = self._augment_view(view0, perms[0], intra)
         if not self.both:
-            return FAMEOutput(out0, view1, mask0, None, perm0, None)
-        out1, mask1, perm1 = self._augment_view(view1, generator, intra)
-        return FAMEOutput(out0, out1, mask0, mask1, perm0, perm1)
+            return FAMEOutput(out0, view1, mask0, None, perms[0], None)
+        out1, mask1 = self._augment_view(view1, perms[1], intra)
+        return FAMEOutput(out0, out1, mask0, mask1, perms[0], perms[1])
 
 
 class BEOutput(NamedTuple):

@@ -43,6 +43,7 @@ __all__ = [
     "merge_normalize_ref",
     "merge_ref",
     "motion_and_bins_ref",
+    "permuted",
     "true_div",
     "true_div_",
 ]
@@ -283,7 +284,17 @@ def color_histograms_ref(
     clip_base = torch.arange(0, bsz * 6 * NUM_BINS, 6 * NUM_BINS, dtype=torch.int32,
                              device=bins.device)
     slots += bins.reshape(bsz, -1) + clip_base[:, None]
-    counts = torch.bincount(slots.view(-1), minlength=bsz * 6 * NUM_BINS).view(bsz, 6, NUM_BINS)
+    size = bsz * 6 * NUM_BINS
+    if slots.device.type == "cpu":
+        counts = torch.bincount(slots.view(-1), minlength=size)  # 2x index_add_ on the CPU
+    else:
+        # torch.bincount sizes its output from the data (a host read of the maximum, i.e. a
+        # synchronisation on a GPU); adding into a buffer of the known size does not wait.
+        # Integer additions are exact in any order, so the counts are those of bincount.
+        ones = torch.ones(1, dtype=torch.int32, device=slots.device).expand(slots.numel())
+        counts = torch.zeros(size, dtype=torch.int32, device=slots.device)
+        counts.index_add_(0, slots.view(-1), ones)
+    counts = counts.view(bsz, 6, NUM_BINS)
     # slot 2: seed > thr_fg, 1: == thr_fg, 5: seed < thr_bg, 4: == thr_bg
     return counts[:, [2, 1, 5, 4]].to(torch.int32)
 
@@ -321,11 +332,27 @@ def merge_ref(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> to
     t = clips.shape[1]
     out = torch.empty_like(clips)
     keep = byte_mask(mask)  # (B, 1, H*W*3)
-    # One clip at a time: reads two clips and writes one, without a permuted batch copy.
-    for b, src in enumerate(perm.tolist()):
-        fg, bg, dst = clips[b].view(t, -1), clips[src].view(t, -1), out[b].view(t, -1)
-        select_bytes(fg, bg, keep[b], out=dst)
+    # One clip at a time: reads two clips and writes one.
+    for b, bg in enumerate(permuted(clips, perm)):
+        select_bytes(clips[b].view(t, -1), bg.view(t, -1), keep[b], out=out[b].view(t, -1))
     return out
+
+
+def permuted(source: torch.Tensor, perm: torch.Tensor) -> list[torch.Tensor]:
+    """``[source[perm[b]] for b in range(B)]`` without reading a device ``perm`` on the host.
+
+    Args:
+        source: (B, ...) on perm's device.
+        perm: int64 (B,).
+
+    Returns:
+        B tensors of shape ``source.shape[1:]``: views into ``source`` when perm is on the CPU
+        (its values are free to read there: no permuted batch copy), else the slices of one
+        device-side gather (reading a GPU perm's values would wait for the GPU).
+    """
+    if perm.device.type == "cpu":
+        return [source[s] for s in perm.tolist()]
+    return list(source.index_select(0, perm).unbind(0))
 
 
 def byte_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -379,8 +406,8 @@ def merge_normalize_ref(
     out = torch.empty(bsz, 3, t, h, w, dtype=torch.float32, device=clips.device)
     d255 = device_scalar(255.0, out)  # a tensor divisor: true division on CUDA
     merged = torch.empty_like(clips[0])
-    for b, src in enumerate(perm.tolist()):
-        select_bytes(clips[b].view(t, -1), clips[src].view(t, -1), keep[b], out=merged.view(t, -1))
+    for b, bg in enumerate(permuted(clips, perm)):
+        select_bytes(clips[b].view(t, -1), bg.view(t, -1), keep[b], out=merged.view(t, -1))
         # one pass converts and transposes (T, H, W, 3) uint8 -> (3, T, H, W) float32
         out[b].copy_(merged.permute(3, 0, 1, 2))
         out[b].div_(d255).sub_(mean_c).div_(std_c)

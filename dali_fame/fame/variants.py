@@ -45,20 +45,28 @@ def check_grid_beta(variant: str, beta: float) -> None:
         )
 
 
+_GAUSS: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
 def gauss_score(batch: int, height: int, width: int, *, device: torch.device | str) -> torch.Tensor:
     """Centred Gaussian map, sigma = size / 4 along each axis.
 
     Only the ordering matters after top-k: the mask is the int(beta*H*W) pixels nearest the
     centre in the (H, W)-scaled metric, i.e. a centred disc (an ellipse when H != W); the
-    symmetric ties are broken by row-major index.
+    symmetric ties are broken by row-major index. The (H, W) map is built on the host once per
+    size and device (a host-to-device copy per call would wait for the GPU).
 
     Returns:
-        float32 (B, H, W), the same map for every clip.
+        float32 (B, H, W) contiguous, the same map for every clip.
     """
-    y = (torch.arange(height, dtype=torch.float64) - (height - 1) / 2) / (height / 4)
-    x = (torch.arange(width, dtype=torch.float64) - (width - 1) / 2) / (width / 4)
-    g = torch.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2)).float()
-    return g.to(device).expand(batch, height, width).contiguous()
+    key = (height, width, str(torch.device(device)))
+    g = _GAUSS.get(key)
+    if g is None:
+        y = (torch.arange(height, dtype=torch.float64) - (height - 1) / 2) / (height / 4)
+        x = (torch.arange(width, dtype=torch.float64) - (width - 1) / 2) / (width / 4)
+        g = torch.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2)).float().to(device)
+        _GAUSS[key] = g
+    return g.expand(batch, height, width).contiguous()  # a device-side copy: callers may write
 
 
 def grid_score(seed: torch.Tensor) -> torch.Tensor:

@@ -347,3 +347,56 @@ def test_auto_falls_back_to_torch_on_gpu_when_kernels_cannot_load(monkeypatch):
     with pytest.raises(RuntimeError, match="unavailable"):
         dispatch.resolve_ops("cuda", cuda)
     dispatch._warn_fallback.cache_clear()
+
+
+def test_the_torch_path_off_the_cpu_never_reads_a_tensor_value_on_the_host():
+    # Meta tensors have shapes but no data: any host read (.item(), .tolist(), bool(),
+    # torch.equal, a data-sized torch.bincount) raises. The non-CPU torch path (the one a GPU
+    # runs with backend "torch") must get through mask, merge and the module without one, so it
+    # never waits for the device. CPU-side draws (the permutations) are fine.
+    meta = torch.device("meta")
+    views = torch.empty(3, 4, 24, 24, 3, dtype=torch.uint8, device=meta)
+    for variant in VARIANTS:
+        for legacy_hue in (False, True):
+            mask = fame_mask(views, variant=variant, legacy_hue=legacy_hue)
+            assert mask.shape == (3, 24, 24) and mask.dtype == torch.bool
+    mask = fame_mask(views)
+    perm = random_permutation(3, generator=torch.Generator().manual_seed(0))
+    assert fame_merge(views, mask, perm).device == meta
+    assert fame_merge(views, mask, torch.arange(3), background=views).device == meta
+    assert fame_merge_normalize(views, mask, perm).shape == (3, 3, 4, 24, 24)
+    for module in (FAME(), FAME(both=True), FAME(background="intra")):
+        intra = views if module.background == "intra" else None
+        out = module(views, views, generator=torch.Generator().manual_seed(1), intra=intra)
+        assert out.view0.device == meta and out.perm0.device.type == "cpu"
+
+
+def test_fame_module_draws_its_permutations_on_the_host(scene):
+    clips, _ = scene
+    out = FAME(both=True)(clips, clips, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)  # the same draws, in the same order
+    assert torch.equal(out.perm0, random_permutation(3, generator=gen))
+    assert torch.equal(out.perm1, random_permutation(3, generator=gen))
+    intra = FAME(background="intra", both=True)(clips, clips, generator=None, intra=clips.flip(0))
+    assert intra.perm0.device.type == "cpu" and intra.perm0.tolist() == [0, 1, 2]
+
+    class DeviceGenerator:  # stands in for a torch.Generator on a GPU
+        device = torch.device("cuda", 0)
+
+    with pytest.raises(ValueError, match="CPU torch.Generator"):
+        FAME()(clips, clips, generator=DeviceGenerator())
+
+
+def test_gauss_score_is_built_once_per_size_and_device(monkeypatch):
+    from dali_fame.fame import variants
+
+    first = variants.gauss_score(2, 9, 13, device="cpu")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("gauss_score rebuilt its map")
+
+    monkeypatch.setattr(variants.torch, "exp", fail)
+    again = variants.gauss_score(3, 9, 13, device="cpu")
+    assert torch.equal(again[0], first[0]) and again.shape == (3, 9, 13)
+    again[0].zero_()  # a copy per call: the cached map is not shared with callers
+    assert torch.equal(variants.gauss_score(1, 9, 13, device="cpu")[0], first[0])
