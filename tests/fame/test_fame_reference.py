@@ -202,3 +202,116 @@ def test_motion_and_mean_bins_match_numpy(frames):
     expected = q((s * np.cos(theta) + 1) / 2) + 10 * q((s * np.sin(theta) + 1) / 2) + 100 * q(v)
     # float64 vs the float32 contract: equal except on a rounding edge (none expected here)
     assert (bins.numpy() == expected).mean() >= 0.99
+
+
+# --- the optimised reference against a literal float32 transcription of its contract -------------
+# The reference rearranges the work for speed (|a - b| = 2 max(a, b) - a - b, one selected hue
+# numerator, per-bin ratios, one bincount); its outputs must stay bit-identical to the
+# per-operation float32 contract of its module docstring, transcribed here in numpy (each numpy
+# float32 operation is one IEEE rounding).
+
+F32 = np.float32
+
+
+def _literal_motion_and_bins(clips: torch.Tensor, legacy_hue: bool) -> tuple[np.ndarray, ...]:
+    x = clips.numpy().astype(np.int64)
+    t = x.shape[1]
+    motion = np.abs(np.diff(x, axis=1)).sum(axis=(1, 4)).astype(F32) / F32(255 * (t - 1))
+    mean = x.sum(axis=1).astype(F32) / F32(255 * t)
+    r, g, b = mean[..., 0], mean[..., 1], mean[..., 2]
+    v = np.maximum(np.maximum(r, g), b)
+    delta = v - np.minimum(np.minimum(r, g), b)
+    s = delta / (v + F32(1e-8))
+    dl = np.where(delta == 0, F32(1), delta)
+    h6 = np.where(r == v, (g - b) / dl, np.where(g == v, F32(2) + (b - r) / dl, F32(4) + (r - g) / dl))
+    a = h6 / F32(6)
+    theta = F32(2 * np.pi) * np.where(a < 0, a + F32(1), a)
+    if legacy_hue:
+        theta = (theta * F32(2)) * F32(np.pi)
+    c = np.cos(theta.astype(np.float64)).astype(F32)
+    sn = np.sin(theta.astype(np.float64)).astype(F32)
+
+    def q(u):
+        return np.rint(u * F32(9) + F32(1)) - F32(1)
+
+    px, py = (s * c + F32(1)) / F32(2), (s * sn + F32(1)) / F32(2)
+    return motion, (q(px) + F32(10) * q(py) + F32(100) * q(v)).astype(np.int32)
+
+
+def _tie_clips() -> list[torch.Tensor]:
+    """Odd sizes, ties in every form (grey, r = g, g = b maxima, few levels, constant), both
+    accumulator widths (T = 42 is the last int16 one), realistic moving squares."""
+    from fame_clips import moving_square_clips
+
+    g = torch.Generator().manual_seed(11)
+
+    def rnd(shape, hi=256):
+        return torch.randint(0, hi, shape, dtype=torch.uint8, generator=g)
+
+    two = rnd((2, 5, 13, 17, 2))
+    return [
+        rnd((3, 5, 37, 53, 3)),
+        rnd((2, 2, 1, 7, 3)),
+        rnd((2, 42, 9, 11, 3)),
+        rnd((2, 43, 9, 11, 3)),
+        rnd((1, 130, 6, 5, 3)),
+        rnd((2, 4, 19, 23, 3), hi=3) * 127,
+        rnd((2, 4, 19, 23, 1)).expand(2, 4, 19, 23, 3).contiguous(),
+        torch.cat([two[..., :1], two[..., :1], two[..., 1:]], -1).contiguous(),
+        torch.cat([two[..., 1:], two[..., :1], two[..., :1]], -1).contiguous(),
+        torch.full((2, 3, 8, 9, 3), 200, dtype=torch.uint8),
+        moving_square_clips(2, 8, 40, seed=3)[0],
+        moving_square_clips(2, 6, 33, seed=4, noise=0.0)[0],
+    ]
+
+
+@pytest.mark.parametrize("legacy_hue", [False, True])
+def test_motion_and_bins_are_bit_identical_to_the_float32_contract(legacy_hue):
+    for clips in _tie_clips():
+        motion, bins = motion_and_bins_ref(clips, legacy_hue=legacy_hue)
+        want_motion, want_bins = _literal_motion_and_bins(clips, legacy_hue)
+        np.testing.assert_array_equal(motion.numpy().view(np.int32), want_motion.view(np.int32))
+        np.testing.assert_array_equal(bins.numpy(), want_bins)
+
+
+def test_mask_stages_are_bit_identical_to_their_literal_definitions():
+    from dali_fame.fame.ops import gaussian_blur, minmax, select_top, soft_mask
+
+    for clips in _tie_clips():
+        motion, bins = motion_and_bins_ref(clips)
+        bsz, h, w = bins.shape
+        n = h * w
+        flat_bins = bins.reshape(bsz, -1).numpy()
+        blurred = gaussian_blur(motion).reshape(bsz, -1).numpy()
+        shifted = blurred - blurred.min(axis=1, keepdims=True)
+        literal = shifted / (shifted.max(axis=1, keepdims=True) + F32(1e-8))
+        seed = minmax(gaussian_blur(motion))
+        np.testing.assert_array_equal(seed.reshape(bsz, -1).numpy().view(np.int32),
+                                      literal.view(np.int32))
+        ordered = np.sort(literal, axis=1)
+        for k_fg, k_bg in ((n // 2, max(1, n // 10)), (n - 1, 1), (1, n - 1)):
+            thr_fg, thr_bg = seed_thresholds(seed, k_fg=k_fg, k_bg=k_bg)
+            assert torch.equal(thr_fg, torch.from_numpy(ordered[:, n - k_fg]))
+            assert torch.equal(thr_bg, torch.from_numpy(ordered[:, k_bg - 1]))
+        s = literal.copy()
+        s[0, 0] = np.nan  # a NaN seed counts in no set
+        for tf, tb in ((ordered[:, n // 2], ordered[:, n // 10]), (ordered[:, 0], ordered[:, -1])):
+            counts = color_histograms_ref(bins, torch.from_numpy(s).view(bsz, h, w),
+                                          torch.from_numpy(tf.copy()), torch.from_numpy(tb.copy()))
+            for i in range(bsz):
+                sets = (s[i] > tf[i], s[i] == tf[i], s[i] < tb[i], s[i] == tb[i])
+                for j, sel in enumerate(sets):
+                    want = np.bincount(flat_bins[i][sel], minlength=1000)
+                    np.testing.assert_array_equal(counts[i, j].numpy(), want)
+        p_fg, p_bg = likelihoods(counts, k_fg=n // 2, k_bg=n // 10)
+        m = soft_mask(bins, p_fg, p_bg)
+        f = np.take_along_axis(p_fg.numpy(), flat_bins, 1)
+        b = np.take_along_axis(p_bg.numpy(), flat_bins, 1)
+        np.testing.assert_array_equal(m.reshape(bsz, -1).numpy().view(np.int32),
+                                      (f / (f + b)).view(np.int32))
+        score = m.reshape(bsz, -1).numpy()
+        for k in (1, n // 3, n // 2, n - 1):  # exactly k, ties to the lower row-major index
+            want = np.zeros((bsz, n), dtype=bool)
+            for i in range(bsz):
+                want[i, np.lexsort((np.arange(n), -score[i]))[:k]] = True
+            np.testing.assert_array_equal(select_top(m, k).reshape(bsz, -1).numpy(), want)
