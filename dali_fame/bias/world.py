@@ -53,7 +53,9 @@ radius_range               .18-.24  same   object 11% of the frame (the dataset'
 time_scale                 2        2      a period fits in one 8 x 2 clip
 bias                       0.9      0.9    the issue's pretraining bias
 train_biased_per_class     64       6      pretraining + biased probe
-train_balanced_per_class   32       4      balanced probe (scenes cycled per class)
+train_balanced_per_class   64       6      balanced probe and reference (scenes cycled per
+                                           class); as many as train_biased, so that the two
+                                           supervised references differ only in the scenes
 test_per_class             24       3      cpu: 144 foregrounds per test set (>= 128: one video
                                            < 1 point)
 num_unseen_scenes          6        3      two of each unseen kind
@@ -176,7 +178,7 @@ class WorldOptions:
     num_unseen_scenes: int = 6
     bias: float = 0.9
     train_biased_per_class: int = 64
-    train_balanced_per_class: int = 32
+    train_balanced_per_class: int = 64
     test_per_class: int = 24
     appearance_pool: int = 4
     radius_range: tuple[float, float] = (0.18, 0.24)
@@ -281,7 +283,7 @@ class WorldOptions:
         """The named preset (see the module docstring), with some options overridden.
 
         ``"cpu"``: the full CPU benchmark (144 foregrounds per test set). ``"ci"``: a tiny world
-        for the test suite (88 videos).
+        for the test suite (96 videos).
         """
         presets = {
             "cpu": {},
@@ -290,7 +292,7 @@ class WorldOptions:
                 "motions": _DEFAULT_MOTIONS[:4],
                 "num_unseen_scenes": 3,
                 "train_biased_per_class": 6,
-                "train_balanced_per_class": 4,
+                "train_balanced_per_class": 6,
                 "test_per_class": 3,
             },
         }

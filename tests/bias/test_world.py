@@ -1,6 +1,6 @@
 """The bias world: its file contract, the pairing of one foreground across the test sets, the
 static clips after decoding (the real index + CPU loader), the realised bias, determinism and
-option validation. Everything runs on the ci preset (88 videos) or on the plan alone."""
+option validation. Everything runs on the ci preset (96 videos) or on the plan alone."""
 
 from __future__ import annotations
 
