@@ -242,11 +242,11 @@ class _CountingRunner(fame_cuda.CupyRunner):
 
     def __init__(self, device: torch.device) -> None:
         super().__init__(device)
-        self.recorded: list[tuple[str, tuple[int, ...], tuple]] = []
+        self.recorded: list[tuple[str, tuple[int, ...], tuple, int]] = []
 
-    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple) -> None:
-        self.recorded.append((kernel, grid, args))
-        super().launch(kernel, grid, args)
+    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple, *, block: int) -> None:
+        self.recorded.append((kernel, grid, args, block))
+        super().launch(kernel, grid, args, block=block)
 
 
 def kernel_launch_info(device_index: int) -> list[dict]:
@@ -410,7 +410,7 @@ class _HostOnlyRunner:
     def resident_blocks(self, kernel: str) -> int:
         return 132 * 5  # an H100's 132 SMs x 5 blocks: only the grid arithmetic depends on it
 
-    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple) -> None:
+    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple, *, block: int) -> None:
         self.launches += 1
 
 
@@ -552,12 +552,12 @@ def bench_gpu(args) -> tuple[list[dict], dict]:
             fame_cuda.run_fame_mask(clips, runner=recorder)
             plain = fame_cuda.CupyRunner(device)
             _, t, h, w, _ = clips.shape
-            for i, (kernel, grid, kargs) in enumerate(recorder.recorded):
+            for i, (kernel, grid, kargs, block) in enumerate(recorder.recorded):
                 nbytes = min_bytes(kernel, batch=args.batch, frames=t, height=h, width=w)
-                fn = functools.partial(plain.launch, kernel, grid, kargs)
+                fn = functools.partial(plain.launch, kernel, grid, kargs, block=block)
                 rows.append(
                     _gpu_row(
-                        f"fused {i + 1}/{len(recorder.recorded)}: {kernel} grid {grid}",
+                        f"fused {i + 1}/{len(recorder.recorded)}: {kernel} grid {grid} x {block}",
                         "cuda",
                         fn,
                         nbytes,

@@ -30,7 +30,8 @@
 // So the mask is bit-identical to fame_mask(backend="torch") (tests/kernels/test_kernel_fame_mask.py
 // measures it: 0 differing pixels).
 //
-// The two per-clip kernels (4 and 7) run one block per clip (grid (B,)): the selections need
+// The two per-clip kernels (4 and 7) run one block per clip (grid (B,), 1024 threads, so
+// __launch_bounds__(1024) keeps them within 64 registers per thread): the selections need
 // every pixel of a clip, and a block-wide radix select with shared histograms avoids 8 more
 // launches of a multi-block select plus their global scratch. Each re-reads its clip (at most
 // 200 KB at 224 x 224, L2-resident) 6-7 times. Block size: any multiple of 32 up to 1024.
@@ -249,7 +250,7 @@ extern "C" __global__ void fame_blur_cols_minmax(const float* __restrict__ in,
 //   soft[p]   = pF[bin] / (pF[bin] + pB[bin]) with ops.likelihoods' tie weights
 // den_fg / den_bg: float32(kF) + 1e-8f and float32(kB + 1000) + 1e-8f (ops.likelihoods).
 // A bin outside 0..999 is not counted and gets soft = 0 (memory guard).
-extern "C" __global__ void fame_seed_hist_soft(
+extern "C" __global__ void __launch_bounds__(FAME_MAX_BLOCK) fame_seed_hist_soft(
     const float* __restrict__ blurred, const unsigned int* __restrict__ stats,
     const int* __restrict__ bins, float* __restrict__ seed, float* __restrict__ thr,
     int* __restrict__ counts, float* __restrict__ soft, int HW, int k_fg, int k_bg, float den_fg,
@@ -347,7 +348,7 @@ extern "C" __global__ void fame_seed_hist_soft(
 // the k-th largest score t, then the pixels equal to t in row-major order while slots remain
 // (ops.select_top). Each thread owns one contiguous run of pixels, so the row-major order of the
 // tied pixels is the thread order (one block-wide scan of the per-thread tie counts).
-extern "C" __global__ void fame_select_top(const float* __restrict__ blurred,
+extern "C" __global__ void __launch_bounds__(FAME_MAX_BLOCK) fame_select_top(const float* __restrict__ blurred,
                                            const unsigned int* __restrict__ stats,
                                            float* __restrict__ score,
                                            unsigned char* __restrict__ mask, int HW, int k) {

@@ -51,6 +51,7 @@ from dali_fame.fame.reference import NUM_BINS, check_clips
 
 __all__ = [
     "BLOCK",
+    "CLIP_BLOCK",
     "FUSED_VARIANTS",
     "KERNEL_FILES",
     "MAX_LAUNCHES_PER_CALL",
@@ -73,8 +74,12 @@ __all__ = [
     "run_fame_mask",
 ]
 
-#: threads per block of every kernel (a multiple of the warp size, as fame_mask.cu requires)
+#: threads per block of every kernel but the per-clip ones (a multiple of the warp size)
 BLOCK = 256
+#: threads per block of the one-block-per-clip kernels of the fused mask (fame_seed_hist_soft,
+#: fame_select_top): a block walks its whole clip 6-7 times, latency-bound, so the most threads
+#: a block can have (fame_mask.cu supports any multiple of 32 up to 1024)
+CLIP_BLOCK = 1024
 #: pixels each histogram block should cover at least (amortises zeroing and flushing the
 #: 4 x 1000 shared histogram, 16 KB, against the pixels it counts)
 HIST_PIXELS_PER_BLOCK = 4096
@@ -366,12 +371,18 @@ def _on_torch_stream(device: torch.device, nvtx_name: str) -> Iterator[object]:
 
 
 def _launch(
-    name: str, device: torch.device, grid: tuple[int, ...], args: tuple, nvtx_name: str
+    name: str,
+    device: torch.device,
+    grid: tuple[int, ...],
+    args: tuple,
+    nvtx_name: str,
+    *,
+    block: int = BLOCK,
 ) -> None:
     kernel = _kernels(device.index)[name]
     with _on_torch_stream(device, nvtx_name) as cupy:
         cargs = tuple(cupy.from_dlpack(a) if isinstance(a, torch.Tensor) else a for a in args)
-        kernel(grid=grid, block=(BLOCK,), args=cargs)
+        kernel(grid=grid, block=(block,), args=cargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,9 +546,9 @@ class KernelRunner(Protocol):
         """Blocks of ``kernel`` resident at once on the device (one wave)."""
         ...
 
-    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple) -> None:
-        """Launch ``kernel`` with ``grid`` x (:data:`BLOCK`,) threads; ``args`` are tensors on
-        the clips' device and ``np.int32`` / ``np.float32`` scalars, in the kernel's order."""
+    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple, *, block: int) -> None:
+        """Launch ``kernel`` with ``grid`` x (``block``,) threads; ``args`` are tensors on the
+        clips' device and ``np.int32`` / ``np.float32`` scalars, in the kernel's order."""
         ...
 
 
@@ -552,9 +563,10 @@ class CupyRunner:
     def resident_blocks(self, kernel: str) -> int:
         return _max_blocks(self.device.index, kernel)
 
-    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple) -> None:
+    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple, *, block: int) -> None:
         self.launches += 1
-        _launch(kernel, self.device, grid, args, f"fame.{kernel.removeprefix('fame_')}")
+        nvtx_name = f"fame.{kernel.removeprefix('fame_')}"
+        _launch(kernel, self.device, grid, args, nvtx_name, block=block)
 
 
 @dataclass
@@ -640,10 +652,10 @@ def run_fame_mask(
     i32 = np.int32
     launches = 0
 
-    def launch(kernel: str, grid: tuple[int, ...], args: tuple) -> None:
+    def launch(kernel: str, grid: tuple[int, ...], args: tuple, block: int = BLOCK) -> None:
         nonlocal launches
         launches += 1
-        runner.launch(kernel, grid, args)
+        runner.launch(kernel, grid, args, block=block)
 
     def new(dtype: torch.dtype, *shape: int) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device=device)
@@ -689,12 +701,18 @@ def run_fame_mask(
                 _likelihood_denominator(k_fg),
                 _likelihood_denominator(k_bg + NUM_BINS),
             ),
+            CLIP_BLOCK,
         )
         blurred, stats = blur_minmax(soft)
     score = new(torch.float32, bsz, h, w)
     mask = new(torch.uint8, bsz, h, w)
     num_fg = int(beta * h * w)  # left to right, as fame_mask evaluates it
-    launch("fame_select_top", (bsz,), (blurred, stats, score, mask, i32(hw), i32(num_fg)))
+    launch(
+        "fame_select_top",
+        (bsz,),
+        (blurred, stats, score, mask, i32(hw), i32(num_fg)),
+        CLIP_BLOCK,
+    )
     if variant == "seed":
         seed = score  # select_top's min-max of the blurred motion map is the seed itself
     return FameMaskResult(

@@ -267,8 +267,8 @@ class Emu:
 class EmuRunner:
     """:class:`dali_fame.fame.cuda.KernelRunner` over the host-emulated kernels (CPU tensors).
 
-    Launches any kernel of ``tests/kernels/emu/fame_mask_shim.cpp`` by name with the grid the
-    caller computed and (:data:`dali_fame.fame.cuda.BLOCK`,) threads, checks that every scalar is
+    Launches any kernel of ``tests/kernels/emu/fame_mask_shim.cpp`` by name with the grid and
+    block the caller computed (the real configuration), checks that every scalar is
     typed as the launchers must type it for CuPy (np.int32 / np.float32), and records each launch
     in ``launched`` (kernel name, grid), so that tests can count the launches of a whole path.
     """
@@ -277,11 +277,12 @@ class EmuRunner:
         self.lib = lib
         self.max_blocks = max_blocks
         self.launched: list[tuple[str, tuple[int, ...]]] = []
+        self.blocks: list[int] = []  # threads per block of each launch
 
     def resident_blocks(self, kernel: str) -> int:
         return self.max_blocks
 
-    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple) -> None:
+    def launch(self, kernel: str, grid: tuple[int, ...], args: tuple, *, block: int) -> None:
         values = []
         for a in args:
             if isinstance(a, torch.Tensor):
@@ -295,8 +296,10 @@ class EmuRunner:
                 raise AssertionError(f"{kernel}: untyped scalar argument {a!r}")
         assert 1 <= len(grid) <= 2 and all(g >= 1 for g in grid), (kernel, grid)
         gx, gy = (*grid, 1)[:2]
+        assert block % 32 == 0 and 32 <= block <= 1024, (kernel, block)
         self.launched.append((kernel, tuple(grid)))
-        getattr(self.lib, f"emu_{kernel}")(gx, gy, fcuda.BLOCK, *values)
+        self.blocks.append(block)
+        getattr(self.lib, f"emu_{kernel}")(gx, gy, block, *values)
 
 
 @pytest.fixture

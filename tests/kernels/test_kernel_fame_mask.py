@@ -83,11 +83,12 @@ def test_fused_mask_equals_reference_stage_by_stage(emu_runner, size, legacy_hue
     vec4 = (h * w) % 4 == 0
     assert names == ["fame_motion_bins_vec4" if vec4 else "fame_motion_bins", *FAME_KERNELS]
     assert result.launches == len(names) <= fcuda.MAX_LAUNCHES_PER_CALL
-    for name, grid in emu_runner.launched:
+    for (name, grid), block in zip(emu_runner.launched, emu_runner.blocks, strict=True):
         if name in ("fame_seed_hist_soft", "fame_select_top"):
-            assert grid == (b,)  # one block per clip
-        elif name.startswith("fame_blur"):
-            assert grid[1] == b  # blockIdx.y = clip
+            assert grid == (b,) and block == fcuda.CLIP_BLOCK  # one block per clip
+        else:
+            assert block == fcuda.BLOCK
+            assert not name.startswith("fame_blur") or grid[1] == b  # blockIdx.y = clip
 
 
 @pytest.mark.parametrize("size", [112, 224], ids=lambda s: f"{s}x{s}")

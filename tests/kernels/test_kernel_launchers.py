@@ -287,9 +287,9 @@ def emu_fused(emu, monkeypatch):
     runner = EmuRunner(emu.libs["fame_mask"])
     nvtx_names = []
 
-    def fake_launch(name, device, grid, args, nvtx_name):
+    def fake_launch(name, device, grid, args, nvtx_name, *, block=fcuda.BLOCK):
         nvtx_names.append(nvtx_name)
-        runner.launch(name, grid, args)
+        runner.launch(name, grid, args, block=block)
 
     monkeypatch.setattr(fcuda, "_launch", fake_launch)
     monkeypatch.setattr(fcuda, "_check_one_cuda_device", lambda **t: torch.device("cpu"))
