@@ -125,8 +125,10 @@ def main(argv=None) -> int:
     # --- features: 10-clip averages of the gallery and of every query set, gathered ----------
     features = {}
     splits = {}
-    roles = [("gallery", cfg.eval.train_split, gallery), ("queries", cfg.eval.test_split, queries)]
-    roles += [(f"queries {s.name}", cfg.eval.test_split, s.split) for s in test_sets[1:]]
+    # the main test split queries as "queries", an extra set as "queries <name>"
+    role_of = {s.name: "queries" if s is test_sets[0] else f"queries {s.name}" for s in test_sets}
+    roles = [("gallery", cfg.eval.train_split, gallery)]
+    roles += [(role_of[s.name], cfg.eval.test_split, s.split) for s in test_sets]
     for role, split_name, split in roles:
         loader, choice = build_loader(split.records, cfg.data, batch_size=cfg.eval.batch_size, mode="eval",
                                       eval_clips=cfg.eval.num_clips, drop_last=False, seed=cfg.train.seed,
@@ -143,13 +145,17 @@ def main(argv=None) -> int:
     logger.info(f"backbone {backbone_name}: {features['gallery']['index'].numel()} gallery, "
                 f"{features['queries']['index'].numel()} query videos, loader {choice.name}",
                 main_process_only=True)
+    for s in test_sets[1:]:
+        logger.info(f"extra test set {s.name}: {features[role_of[s.name]]['index'].numel()} query videos from "
+                    f"{s.source}", main_process_only=True)
 
     # --- recall@k and the neighbours of every query, per query set ------------------------------
     g = features["gallery"]
     names = splits["gallery"].class_names
     g_records = [splits["gallery"].records[i] for i in g["index"].tolist()]
     per_set, neighbor_files = {}, []
-    for s, role in zip(test_sets, ["queries"] + [f"queries {s.name}" for s in test_sets[1:]]):
+    for s in test_sets:
+        role = role_of[s.name]
         q = features[role]
         set_recalls, sims, idx = evaluate_retrieval(q["outputs"], q["labels"], g["outputs"], g["labels"],
                                                     ks=RECALL_KS, keep=cfg.eval.neighbors)
@@ -170,7 +176,7 @@ def main(argv=None) -> int:
                            "chance_R@1": chance_recall_at_1(q["labels"], g["labels"])}
     main = per_set[test_sets[0].name]
     recalls = {k: main[k] for k in set_recalls}
-    q_records_main = main["num_queries"]
+    num_queries = main["num_queries"]
     config_dict = to_dict(cfg)
     accelerator.init_trackers("tb", config=flatten(config_dict))
     accelerator.log({f"retrieval/{k}": v for k, v in recalls.items()}, step=0)
@@ -187,10 +193,10 @@ def main(argv=None) -> int:
               "dataset": dataset_label(cfg.data.format, cfg.data.split_id)}
     extra_sets = len(test_sets) > 1
     row = write_results(run_dir, task="retrieval", metrics=recalls, labels=labels, config=config_dict,
-                        extra={"weights": report.as_dict(), "num_queries": q_records_main,
+                        extra={"weights": report.as_dict(), "num_queries": num_queries,
                                "num_gallery": len(g_records)},
                         test_sets=per_set if extra_sets else None)
-    print(f"\ndone: {q_records_main} queries against {len(g_records)} gallery videos ({cfg.eval.num_clips} clips each): "
+    print(f"\ndone: {num_queries} queries against {len(g_records)} gallery videos ({cfg.eval.num_clips} clips each): "
           + ", ".join(f"{k} {v:.1f}" for k, v in recalls.items()))
     if extra_sets:
         print(side_by_side({name: m["R@1"] for name, m in per_set.items()}, metric="R@1",
