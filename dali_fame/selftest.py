@@ -7,7 +7,10 @@ that one hang cannot eat the budget:
 ==============  ==========================================================================
 ``gpu``         is there an NVIDIA GPU, and can the installed torch use it
                 (:mod:`dali_fame.gpu_check`: driver vs torch's CUDA build, arch list)
-``cuda-tests``  the ``cuda``-marked tests (pytest)
+``cuda-tests``  the ``cuda``-marked tests (pytest), except the sync test below
+``sync-free-step`` tests/train/test_sync_free_step.py: two full pretraining steps (FAME with the
+                torch and the cuda backend, ClipAugment, MoCo, backward, SGD) under
+                ``torch.cuda.set_sync_debug_mode("error")``: no host synchronisation
 ``check-decode`` ``dali-fame check-decode`` with DALI mixed (NVDEC): every frame the one asked for
 ``bench-fame``  the GPU section of benchmarks/bench_fame.py: torch reference vs CuPy kernels
 ``bench-loader`` benchmarks/bench_loader.py: DALI mixed vs the CPU loader, clips/s
@@ -421,13 +424,18 @@ def check_gpu(ctx: Context) -> Outcome:
                    [f"- {line}" for line in m.devices])
 
 
+#: the sync-debug-mode test: its own check (``sync-free-step``), not part of ``cuda-tests``
+SYNC_TEST = REPO / "tests" / "train" / "test_sync_free_step.py"
+
+
 def cuda_test_files(*, with_av: bool) -> tuple[list[Path], list[Path]]:
-    """The test files holding ``cuda``-marked tests, and those left out because they import
-    PyAV (directly or through ``dali_fame.data``) at module level when ``with_av`` is False."""
+    """The test files holding ``cuda``-marked tests (but :data:`SYNC_TEST`, which has a check of
+    its own), and those left out because they import PyAV (directly or through
+    ``dali_fame.data``) at module level when ``with_av`` is False."""
     files, left_out = [], []
     for path in sorted((REPO / "tests").rglob("test_*.py")):
         text = path.read_text(errors="replace")
-        if "mark.cuda" not in text:
+        if "mark.cuda" not in text or path == SYNC_TEST:
             continue
         if not with_av and re.search(r"^(?:import av\b|from av\b|from dali_fame\.data\b|"
                                      r"import dali_fame\.data\b)", text, re.MULTILINE):
@@ -456,17 +464,41 @@ def junit_summary(path: Path) -> dict:
     return {**counts, "failed_names": failed, "skip_reasons": skipped}
 
 
-def check_cuda_tests(ctx: Context) -> Outcome:
-    files, left_out = cuda_test_files(with_av="av" not in ctx.machine.missing)
-    if not files:
-        return Outcome("FAIL", "no test file with a cuda marker found under tests/")
-    xml = ctx.work / "cuda_tests.xml"
+def _run_cuda_pytest(ctx: Context, files: Sequence[Path], name: str) -> tuple[ScriptRun, Path]:
+    """pytest -m cuda on ``files``, its log in logs/<name>.log, its results in <name>.xml."""
+    xml = ctx.work / f"{name}.xml"
     xml.unlink(missing_ok=True)
     # -m cuda comes after pyproject's addopts (-m "not slow"), so it is the one that applies
     argv = [_python(), "-m", "pytest", "-m", "cuda", "-q", "-rfEs", "-o",
             f"cache_dir={ctx.work / 'pytest_cache'}", f"--junitxml={xml}",
             *[_relative(f) for f in files]]
-    run = run_script(argv, log=ctx.work / "logs" / "cuda-tests.log", timeout_s=ctx.timeout_s)
+    return run_script(argv, log=ctx.work / "logs" / f"{name}.log", timeout_s=ctx.timeout_s), xml
+
+
+def check_sync_free_step(ctx: Context) -> Outcome:
+    """Passes only when every case of :data:`SYNC_TEST` ran and passed (a skip checks nothing)."""
+    if not SYNC_TEST.is_file():
+        return Outcome("FAIL", f"{_relative(SYNC_TEST)} is missing from this checkout")
+    run, xml = _run_cuda_pytest(ctx, [SYNC_TEST], "sync-free-step")
+    if run.timed_out or not xml.is_file():
+        return _failed_run(run, "pytest")
+    s = junit_summary(xml)
+    bad = s["failures"] + s["errors"]
+    summary = (f"{s['passed']} of {s['tests']} passed, {bad} failed, {s['skipped']} skipped: two "
+               "pretraining steps under torch.cuda.set_sync_debug_mode('error')")
+    details = [f"- FAILED {name}" for name in s["failed_names"]]
+    details += [f"- skipped ({n}): {reason}" for reason, n in s["skip_reasons"].items()]
+    ok = run.returncode == 0 and s["passed"] > 0 and not bad and not s["skipped"]
+    if not ok:
+        details += ["```", run.tail(40), "```"]
+    return Outcome("pass" if ok else "FAIL", summary, details, run.seconds, run.command, run.log)
+
+
+def check_cuda_tests(ctx: Context) -> Outcome:
+    files, left_out = cuda_test_files(with_av="av" not in ctx.machine.missing)
+    if not files:
+        return Outcome("FAIL", "no test file with a cuda marker found under tests/")
+    run, xml = _run_cuda_pytest(ctx, files, "cuda-tests")
     details = [f"- files: {', '.join(_relative(f) for f in files)}"]
     if left_out:
         details.append("- not run (they import PyAV at module level; "
@@ -732,8 +764,11 @@ def check_pretrain(ctx: Context) -> Outcome:
 #: every check, in run order (costs: seconds on one H100/H200-class GPU with 16 cores, estimated)
 CHECKS: tuple[Check, ...] = (
     Check("gpu", "GPU usable by the installed torch", (), 1, 1, check_gpu),
-    Check("cuda-tests", "cuda-marked tests (pytest -m cuda)", ("gpu", "pytest", "cupy"), 90, 90,
+    Check("cuda-tests", "cuda-marked tests (pytest -m cuda)", ("gpu", "pytest", "cupy"), 70, 70,
           check_cuda_tests),
+    Check("sync-free-step", "two pretraining steps with no host synchronisation "
+          "(torch.cuda.set_sync_debug_mode('error'), FAME torch and cuda backends)",
+          ("gpu", "pytest", "cupy"), 25, 25, check_sync_free_step),
     Check("check-decode", "check-decode with DALI mixed (every frame the requested one)",
           ("gpu", "av", "dali"), 45, 25, check_decode),
     Check("bench-fame", "bench_fame GPU section: torch reference vs CuPy kernels",

@@ -61,6 +61,55 @@ def test_plan_drops_the_slowest_first():
     assert "--budget-seconds 70" in dropped["d"] and "estimated 50 s" in dropped["d"]
 
 
+def test_the_default_plan_runs_the_sync_test_and_the_gpu_benchmarks():
+    # every check fits the default budget, full and --quick: nothing is dropped on a GPU machine
+    for quick in (False, True):
+        costs = {c.name: c.cost(quick) for c in selftest.CHECKS}
+        kept, dropped = selftest.plan(costs, selftest.DEFAULT_BUDGET_S)
+        assert dropped == {} and {"sync-free-step", "bench-fame", "bench-train"} <= set(kept)
+    checks = {c.name: c for c in selftest.CHECKS}
+    assert checks["sync-free-step"].run is selftest.check_sync_free_step
+    assert 'set_sync_debug_mode("error")' in selftest.SYNC_TEST.read_text()
+    # the sync test runs once, in its own check, not again inside cuda-tests
+    for with_av in (False, True):
+        files, left_out = selftest.cuda_test_files(with_av=with_av)
+        assert selftest.SYNC_TEST not in files + left_out
+
+
+def _junit(path: Path, cases: list[str]) -> None:
+    """A pytest --junitxml file with one testcase per entry of ``cases`` (pass / fail / skip)."""
+    body = {"pass": "", "fail": '<failure message="x"/>', "skip": '<skipped message="no GPU"/>'}
+    rows = "".join(f'<testcase classname="tests.train.test_sync_free_step" name="t{i}">'
+                   f"{body[c]}</testcase>" for i, c in enumerate(cases))
+    path.write_text(f'<testsuites><testsuite tests="{len(cases)}" failures="{cases.count("fail")}" '
+                    f'errors="0" skipped="{cases.count("skip")}">{rows}</testsuite></testsuites>')
+
+
+@pytest.mark.parametrize("cases, code, status", [
+    (["pass", "pass"], 0, "pass"),
+    (["pass", "fail"], 1, "FAIL"),
+    (["pass", "skip"], 0, "FAIL"),  # a skipped backend has checked nothing
+])
+def test_sync_free_step_check_runs_the_sync_test_and_needs_every_case(monkeypatch, tmp_path,
+                                                                      cases, code, status):
+    seen = {}
+
+    def fake_run(argv, *, log, timeout_s):
+        seen["argv"] = list(argv)
+        xml = next(a.split("=", 1)[1] for a in argv if a.startswith("--junitxml="))
+        _junit(Path(xml), cases)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("pytest output\n")
+        return selftest.ScriptRun(code, 1.0, log, " ".join(argv), timeout_s)
+
+    monkeypatch.setattr(selftest, "run_script", fake_run)
+    out = selftest.check_sync_free_step(selftest.Context(_machine(), True, tmp_path, 60, 2))
+    assert out.status == status, out.summary
+    assert seen["argv"][1:5] == ["-m", "pytest", "-m", "cuda"]
+    assert seen["argv"][-1] == "tests/train/test_sync_free_step.py"
+    assert f"{cases.count('pass')} of {len(cases)} passed" in out.summary
+
+
 def test_plan_with_no_budget_drops_everything():
     kept, dropped = selftest.plan({"a": 1, "b": 2}, 0)
     assert kept == [] and set(dropped) == {"a", "b"}
@@ -177,7 +226,7 @@ def test_quick_selftest_on_a_cpu_machine_skips_every_gpu_check(tmp_path):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == "skipped" and cells[3], row
     assert "no NVIDIA GPU on this machine" in text
-    assert "**OK**: 0 passed, 0 failed, 7 skipped" in text
+    assert f"**OK**: 0 passed, 0 failed, {len(GPU_CHECKS)} skipped" in text
 
 
 BLOCKED = ("av", "nvidia.dali", "pytest", "nvtx")
