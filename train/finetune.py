@@ -2,8 +2,8 @@ r"""Finetune a pretrained backbone on action classification (spec section 8), wi
 
 All layers train; SGD lr 0.025, weight decay 1e-4, 150 epochs, batch 128, lr x0.1 at epochs 60
 and 120, dropout before the last FC (0.7 UCF101, 0.5 HMDB51). Training clips: one 16 x 2 clip per
-video per epoch with the loader's random resized crop + horizontal flip, then normalisation (no
-colour augmentation). Test: 10 uniformly spaced clips per video, short side resized + centre
+video per epoch with the loader's random resized crop + horizontal flip, the released recipe's
+grayscale (p 0.2) + colour jitter (p 0.8) (eval.color_augment=false: none), then normalisation. Test: 10 uniformly spaced clips per video, short side resized + centre
 crop, softmax scores averaged; top-1, top-5, per-class accuracy and a confusion-matrix figure.
 The run itself is dali_fame.eval.finetune.run_finetune (the shared training loop of
 dali_fame.engine.loop); train/linear_probe.py runs it with the backbone frozen (see there).
