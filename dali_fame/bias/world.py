@@ -26,12 +26,17 @@ Files (the contract shared with dali_fame.bias.evaluate and the bench)::
     <world>/lists/<set>.csv  path,label,split (paths relative to lists/; split train|test)
     <world>/lists/supervised_balanced.csv, supervised_biased.csv
                              train rows = train_balanced / train_biased, test rows = test_swapped
+    <world>/lists/by_set/<set>/<set>.csv
+                             each set's list alone in a folder (eval.extra_test_sets takes folders)
     <world>/meta.json        options, class names, scenes, counts, realised bias, foreground
                              share, generator version (no timings: byte-identical per options)
 
 Everything is a pure function of :class:`WorldOptions`: each foreground draws from generators
 seeded by (seed, instance), so the output does not depend on the number of workers; generating
-again with the same options into the same folder is a no-op (:func:`generate_world`).
+again with the same options into the same folder is a no-op (:func:`generate_world`). The
+manifest, lists, meta.json and the rendered frames are byte-identical from run to run; the
+encoded files are not quite (libx264 through PyAV writes one of two streams for the same input:
+decoded frames then differ by ~1.6 levels on average).
 
 Presets (``WorldOptions.preset``) and why:
 
@@ -619,6 +624,13 @@ class WorldInfo:
             )
         return self.out_dir / "lists" / f"{name}.csv"
 
+    def set_folder(self, name: str) -> Path:
+        """lists/by_set/<name>/: a folder holding only <name>.csv, the form of a dataset that
+        ``eval.extra_test_sets`` takes (e.g. test_same beside a finetune run's test_swapped)."""
+        if name not in SETS:
+            raise ValueError(f"unknown set {name!r}; choose one of {', '.join(SETS)}")
+        return self.out_dir / "lists" / "by_set" / name
+
     def path(self, video: WorldVideo) -> Path:
         return self.out_dir / video.path
 
@@ -627,18 +639,22 @@ def _write_lists(out_dir: Path, videos: list[WorldVideo]) -> None:
     lists = out_dir / "lists"
     lists.mkdir(parents=True, exist_ok=True)
 
-    def write(name: str, rows: list[WorldVideo]) -> None:
-        with open(lists / f"{name}.csv", "w", newline="") as fh:
+    def write(path: Path, rows: list[WorldVideo]) -> None:
+        up = "../" * (len(path.relative_to(out_dir).parts) - 1)  # paths relative to the CSV
+        with open(path, "w", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(["path", "label", "split"])
             for v in rows:
                 split = "train" if v.set in TRAIN_SETS else "test"
-                writer.writerow([f"../{v.path}", v.label, split])
+                writer.writerow([f"{up}{v.path}", v.label, split])
 
     for name in SETS:
-        write(name, [v for v in videos if v.set == name])
+        write(lists / f"{name}.csv", [v for v in videos if v.set == name])
+        # the same list alone in a folder: what eval.extra_test_sets takes (a dataset folder)
+        (lists / "by_set" / name).mkdir(parents=True, exist_ok=True)
+        write(lists / "by_set" / name / f"{name}.csv", [v for v in videos if v.set == name])
     for name, train_set in SUPERVISED_LISTS.items():
-        write(name, [v for v in videos if v.set in (train_set, "test_swapped")])
+        write(lists / f"{name}.csv", [v for v in videos if v.set in (train_set, "test_swapped")])
     with open(out_dir / "manifest.csv", "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
@@ -705,6 +721,8 @@ def _existing(out_dir: Path, options: WorldOptions) -> WorldInfo | None:
     if info.options != options or not all(info.path(v).is_file() for v in info.videos):
         return None
     if not all((out_dir / "lists" / f"{n}.csv").is_file() for n in SETS + tuple(SUPERVISED_LISTS)):
+        return None
+    if not all((info.set_folder(n) / f"{n}.csv").is_file() for n in SETS):
         return None
     return info
 

@@ -74,6 +74,8 @@ def test_lists_are_readable_by_the_csv_reader(ci_world):
         expected = ci_world.rows(name)
         assert [Path(e.path) for e in spec.entries] == [ci_world.path(v) for v in expected]
         assert [e.label for e in spec.entries] == [v.label for v in expected]
+        folder = read_dataset(ci_world.set_folder(name), format="csv", split=split)
+        assert [e.path for e in folder.entries] == [e.path for e in spec.entries]
     for name, train_set in W.SUPERVISED_LISTS.items():
         path = ci_world.list_csv(name)
         train = read_dataset(path, format="csv", split="train").entries
@@ -267,8 +269,13 @@ def test_generation_is_cached_and_independent_of_workers(ci_world, tmp_path):
     assert (one.out_dir / "meta.json").read_bytes() == meta
     for name in ("manifest.csv", "lists/test_swapped.csv", "lists/supervised_biased.csv"):
         assert (one.out_dir / name).read_bytes() == (ci_world.out_dir / name).read_bytes()
+    # The encoded bytes are not reproducible: libx264 through PyAV, fed identical YUV frames,
+    # writes one of two streams from run to run (measured: 2 of 4 encodes in one process), so
+    # the decoded frames agree up to coding noise, not exactly.
     for v in (ci_world.videos[0], ci_world.videos[-1]):
-        assert one.path(v).read_bytes() == ci_world.path(v).read_bytes()
+        a = video_io.read_frames(one.path(v)).astype(np.int16)
+        b = video_io.read_frames(ci_world.path(v)).astype(np.int16)
+        assert a.shape == b.shape and np.abs(a - b).mean() < 3
     assert load_world(one.out_dir).options == ci_world.options
 
 
