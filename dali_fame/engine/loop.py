@@ -12,7 +12,8 @@ Every decision that ends or pauses the loop is **agreed across ranks**, so no ra
 waiting in a collective that another rank will not join:
 
 * before each forward pass, one tiny collective (:func:`agree`: an int64 vector per rank,
-  gathered; the identity in one process) combines this rank's pre-emption flag (SIGTERM /
+  gathered over a gloo group on host tensors, so it never waits for the GPU; the identity in
+  one process) combines this rank's pre-emption flag (SIGTERM /
   SIGUSR1, :mod:`dali_fame.engine.preemption`), whether its loader failed (a
   :class:`~dali_fame.data.ledger.NoHealthyVideoError`, or fewer batches than ``len(loader)``),
   its step and its ``len(loader)``. A signal to any one process makes every rank save the same
@@ -122,16 +123,51 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
 
 
+_HOST_GROUP: dict[str, object] = {}  # {"world": the default group, "group": its gloo twin}
+
+
+def agreement_group():
+    """The process group the per-step agreement runs on: host (CPU) tensors only.
+
+    The default group itself when its backend is gloo (CPU runs); otherwise (NCCL) a gloo group
+    over the same ranks, created once per process group, on first use. An NCCL gather of a
+    device tensor followed by ``.cpu()`` waits for every kernel queued before it, so every step
+    the host would stop running ahead of the GPU; a gloo collective on host tensors only waits
+    for the other ranks' hosts. Collective: every rank must make its first call at the same
+    point (:func:`train` calls it at its start). None when ``torch.distributed`` is not
+    initialised (then :func:`agree` uses the accelerator's gather).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    world = dist.group.WORLD
+    if dist.get_backend() == "gloo":
+        return world
+    if _HOST_GROUP.get("world") is not world:
+        _HOST_GROUP.update(world=world, group=dist.new_group(backend="gloo"))
+    return _HOST_GROUP["group"]
+
+
 def agree(accelerator, **flags: int) -> dict[str, torch.Tensor]:
     """Gather small integers from every rank: one collective, the identity in one process.
 
-    Every rank must call it with the same keyword names in the same order. Returns, per name,
-    an int64 ``(world_size,)`` CPU tensor: entry r is rank r's value.
+    Every rank must call it with the same keyword names in the same order. The exchange runs on
+    host tensors (:func:`agreement_group`): it never waits for the GPU. Returns, per name, an
+    int64 ``(world_size,)`` CPU tensor: entry r is rank r's value.
     """
     local = torch.tensor([[int(v) for v in flags.values()]], dtype=torch.int64)
     if accelerator.num_processes == 1:  # nothing to exchange: no device copy, no device read
         return {name: local[:, i] for i, name in enumerate(flags)}
-    table = accelerator.gather(local.to(accelerator.device)).view(-1, len(flags)).cpu()
+    group = agreement_group()
+    if group is None:  # a launcher without torch.distributed: its gather (may read the device)
+        table = accelerator.gather(local.to(accelerator.device)).view(-1, len(flags)).cpu()
+    else:
+        import torch.distributed as dist
+
+        rows = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(rows, local, group=group)
+        table = torch.cat(rows)
     return {name: table[:, i] for i, name in enumerate(flags)}
 
 
@@ -250,6 +286,8 @@ def train(
     """
     run_dir = Path(run_dir)
     is_main = accelerator.is_main_process
+    if accelerator.num_processes > 1:
+        agreement_group()  # collective: created here, at the same point on every rank
     steps_per_epoch = len(loader)
     total_steps = planned_steps(steps_per_epoch, train_cfg)
     summary = SummaryCSV(run_dir / "summary.csv") if is_main else None

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +157,54 @@ def test_a_non_finite_loss_stops_before_its_update(accelerator, tmp_path):
     assert result.stop == "non_finite" and not result.ok
     assert result.message.startswith("non-finite loss at step 4 (epoch 1, rank 0)")
     assert result.state.step == 4 and _ckpt_steps(tmp_path) == [3]
+
+
+class _HostOnlyAccelerator:
+    """Two processes on the CPU whose device gather must not be used by :func:`agree`."""
+
+    num_processes = 2
+    device = torch.device("cpu")
+
+    def gather(self, tensor):
+        raise AssertionError("agree() used the accelerator's device gather")
+
+
+def _agree_worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from dali_fame.engine import loop
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        result = {}
+        for backend in ("gloo", "nccl"):
+            if backend == "nccl":  # a GPU job's default backend: agree() builds a gloo twin
+                dist.get_backend = lambda group=None: "nccl"
+            rows = []
+            for step in range(3):  # per-step votes, as the loop casts them
+                votes = loop.agree(_HostOnlyAccelerator(), preempt=15 if (rank, step) == (1, 2) else 0,
+                                   data_error=False, step=step)
+                rows.append({k: v.tolist() for k, v in votes.items()})
+            group = loop.agreement_group()
+            result[backend] = {"rows": rows, "own_group": group is not dist.group.WORLD}
+        (Path(out_dir) / f"{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_agree_in_two_processes_runs_on_host_tensors_and_agrees(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_agree_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+    assert results[0] == results[1]  # the same decisions on every rank
+    for backend, own_group in (("gloo", False), ("nccl", True)):
+        rows = results[0][backend]["rows"]
+        assert rows[2] == {"preempt": [0, 15], "data_error": [0, 0], "step": [2, 2]}
+        assert rows[0]["preempt"] == [0, 0] and rows[1]["step"] == [1, 1]
+        assert results[0][backend]["own_group"] is own_group  # gloo: the default group itself
