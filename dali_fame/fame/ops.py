@@ -8,6 +8,7 @@ torch. All maps are float32 (B, H, W) unless stated.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -87,8 +88,15 @@ def gaussian_blur(x: torch.Tensor) -> torch.Tensor:
     k = blur_kernel_size(h, w)
     if k == 1:
         return x.clone()
-    taps = gaussian_kernel1d(k).tolist()  # Python floats holding float32 values exactly
+    taps = _taps(k)
     return _blur_axis(_blur_axis(x, taps, 2), taps, 1)
+
+
+@functools.cache
+def _taps(size: int) -> list[float]:
+    """:func:`gaussian_kernel1d` as Python floats holding the float32 values exactly (scalar
+    operands: no tensor, hence no host-to-device copy, per tap), computed once per size."""
+    return gaussian_kernel1d(size).tolist()
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
