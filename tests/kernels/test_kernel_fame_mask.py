@@ -167,3 +167,28 @@ def test_launch_count_does_not_grow_with_the_batch(emu):
 def test_run_fame_mask_rejects_unfused_variants(emu_runner):
     with pytest.raises(ValueError, match="fused mask computes variants"):
         fcuda.run_fame_mask(tricky_clips(1, 2, 7, 9, seed=0), runner=emu_runner, variant="grid")
+
+
+def test_no_torch_compute_between_the_launches(emu_runner):
+    # Between the kernel launches the sequence only allocates outputs (torch.empty: no kernel
+    # on a GPU) and views the mask as bool; every aten op that runs is recorded here. (On a GPU
+    # tests/fame/test_fame_cuda.py also runs it under torch.cuda.set_sync_debug_mode("error").)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    clips = tricky_clips(3, 4, 30, 32, seed=4)
+    fcuda.run_fame_mask(clips, runner=emu_runner)  # builds the cached Gaussian taps once
+    with Record() as record:
+        result = fcuda.run_fame_mask(clips, runner=emu_runner)
+    # (the bool view of the uint8 mask dispatches as view / detach: aliases, no compute)
+    assert set(record.ops) <= {"aten.empty", "aten.view", "aten.detach"}, record.ops
+    assert record.ops.count("aten.empty") == 13  # the outputs and intermediates of 7 kernels
+    assert torch.equal(result.mask, fame_mask(clips, backend="torch"))
