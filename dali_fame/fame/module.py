@@ -22,6 +22,15 @@ __all__ = ["FAME", "BEOutput", "BackgroundErasing", "FAMEOutput"]
 BACKGROUNDS = ("inter", "intra")
 
 
+def _check_host_generator(generator: torch.Generator | None, module: str) -> None:
+    """The modules draw on the host: a generator on a GPU would make each draw a device read."""
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(
+            f"dali_fame.fame.{module}: the generator must be a CPU torch.Generator (the random "
+            f"draws are made on the host), got one on {generator.device}"
+        )
+
+
 class FAMEOutput(NamedTuple):
     """Result of :class:`FAME` (masks and permutations are None for a view left unchanged)."""
 
@@ -103,11 +112,7 @@ class FAME(nn.Module):
         :func:`~dali_fame.fame.api.fame_merge` checks a CPU permutation on the host and sends it
         with one pinned non-blocking copy, so nothing here waits for the GPU.
         """
-        if generator is not None and generator.device.type != "cpu":
-            raise ValueError(
-                "dali_fame.fame.FAME: the generator must be a CPU torch.Generator (the "
-                f"permutations are drawn on the host), got one on {generator.device}"
-            )
+        _check_host_generator(generator, "FAME")
         views = 2 if self.both else 1
         if self.background == "intra":
             return [torch.arange(batch) for _ in range(views)]
@@ -201,24 +206,24 @@ class BackgroundErasing(nn.Module):
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, per_clip={self.per_clip}, both={self.both}"
 
-    def _erase(
-        self, view: torch.Tensor, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        lam, frame = be_params(
-            view.shape[0],
-            view.shape[1],
-            gamma=self.gamma,
-            generator=generator,
-            per_clip=self.per_clip,
-        )
-        return background_erasing_apply(view, lam, frame), lam, frame
-
     def forward(
         self, view0: torch.Tensor, view1: torch.Tensor, *, generator: torch.Generator | None
     ) -> BEOutput:
-        """Augment the views (uint8 (B, T, H, W, 3) each); see :class:`BEOutput`."""
-        out0, lam0, frame0 = self._erase(view0, generator)
+        """Augment the views (uint8 (B, T, H, W, 3) each); see :class:`BEOutput`.
+
+        Every random draw (lam and the frame of each augmented view, view 0's first) is made
+        on the host in one place, from a CPU ``generator`` (None: torch's global one), so
+        applying them never reads the GPU.
+        """
+        _check_host_generator(generator, "BackgroundErasing")
+        params = [
+            be_params(view.shape[0], view.shape[1], gamma=self.gamma, generator=generator,
+                      per_clip=self.per_clip)
+            for view in ((view0, view1) if self.both else (view0,))
+        ]
+        (lam0, frame0), (lam1, frame1) = params[0], params[-1]
+        out0 = background_erasing_apply(view0, lam0, frame0)
         if not self.both:
             return BEOutput(out0, view1, lam0, None, frame0, None)
-        out1, lam1, frame1 = self._erase(view1, generator)
+        out1 = background_erasing_apply(view1, lam1, frame1)
         return BEOutput(out0, out1, lam0, lam1, frame0, frame1)

@@ -17,7 +17,9 @@ from dali_fame.fame import (
     fame_merge_normalize,
     random_permutation,
 )
+from dali_fame.fame.be import be_params
 from dali_fame.fame.dispatch import resolve_ops
+from dali_fame.fame.module import BackgroundErasing
 
 
 def _random_clips(shape, seed=0):
@@ -400,3 +402,19 @@ def test_gauss_score_is_built_once_per_size_and_device(monkeypatch):
     assert torch.equal(again[0], first[0]) and again.shape == (3, 9, 13)
     again[0].zero_()  # a copy per call: the cached map is not shared with callers
     assert torch.equal(variants.gauss_score(1, 9, 13, device="cpu")[0], first[0])
+
+
+def test_be_module_draws_on_the_host_in_one_place():
+    clips = _random_clips((3, 6, 16, 16, 3), seed=9)
+    out = BackgroundErasing(both=True)(clips, clips, generator=torch.Generator().manual_seed(4))
+    gen = torch.Generator().manual_seed(4)  # view 0's draws, then view 1's
+    for lam, frame in ((out.lam0, out.frame0), (out.lam1, out.frame1)):
+        want_lam, want_frame = be_params(clips.shape[0], clips.shape[1], generator=gen)
+        assert torch.equal(lam, want_lam) and torch.equal(frame, want_frame)
+        assert lam.device.type == "cpu" and frame.device.type == "cpu"
+
+    class DeviceGenerator:  # stands in for a torch.Generator on a GPU
+        device = torch.device("cuda", 0)
+
+    with pytest.raises(ValueError, match="CPU torch.Generator"):
+        BackgroundErasing()(clips, clips, generator=DeviceGenerator())
