@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dali_fame.fame.reference import NUM_BINS, true_div
+from dali_fame.fame.reference import NUM_BINS, scratch, true_div
 
 __all__ = [
     "blur_kernel_size",
@@ -68,7 +68,7 @@ def _blur_axis(x: torch.Tensor, taps: list[float], dim: int) -> torch.Tensor:
     pad = (p, p, 0, 0) if dim == 2 else (0, 0, p, p)
     xp = F.pad(x[:, None], pad, mode="reflect")[:, 0]
     out = xp.narrow(dim, p, n) * taps[p]
-    pair = torch.empty_like(out)  # one scratch map for every tap (no allocation per tap)
+    pair = scratch(f"blur.pair{dim}", tuple(out.shape), out.dtype, out.device)  # every tap
     for i in range(1, p + 1):
         torch.add(xp.narrow(dim, p - i, n), xp.narrow(dim, p + i, n), out=pair)
         out += pair.mul_(taps[p + i])
@@ -275,8 +275,9 @@ def select_top(score: torch.Tensor, k: int) -> torch.Tensor:
     thr = kth_largest(flat, k)[:, None]
     # 0/1 float maps and float counts (exact integers below 2**24): on the CPU bool outputs and
     # bool reductions cost 3-4x their float versions.
-    above = torch.gt(flat, thr, out=torch.empty_like(flat))
-    tied = torch.eq(flat, thr, out=torch.empty_like(flat))
+    shape, dtype, dev = tuple(flat.shape), flat.dtype, flat.device
+    above = torch.gt(flat, thr, out=scratch("select.above", shape, dtype, dev))
+    tied = torch.eq(flat, thr, out=scratch("select.tied", shape, dtype, dev))
     slots = k - above.sum(dim=1, keepdim=True)  # >= 1: t itself is among the k largest
     n_tied = tied.sum(dim=1, keepdim=True)
     if flat.device.type != "cpu" or not torch.equal(n_tied, slots):

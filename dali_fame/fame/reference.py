@@ -30,6 +30,7 @@ operation is one IEEE float32 operation rounded to nearest, no FMA contraction):
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -44,6 +45,7 @@ __all__ = [
     "merge_ref",
     "motion_and_bins_ref",
     "permuted",
+    "scratch",
     "true_div",
     "true_div_",
 ]
@@ -111,6 +113,31 @@ def device_scalar(value: float, like: torch.Tensor) -> torch.Tensor:
     return scalar
 
 
+_SCRATCH = threading.local()
+
+
+def scratch(
+    name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """An uninitialised buffer for an intermediate that never leaves the FAME functions, kept
+    per thread and per ``name`` and reused while the shape, dtype and device stay the same.
+
+    Why: on the CPU, glibc returns large freed blocks to the system and hands out fresh pages
+    for the next allocation, so each call's multi-megabyte temporaries were page-faulted in
+    again (about 7800 faults, a third of the mask's time at 8 x 16 x 224 x 224). Per thread, so
+    that concurrent callers never share a buffer; one buffer per name (the last shape used).
+    Never return one of these to a caller.
+    """
+    cache = getattr(_SCRATCH, "buffers", None)
+    if cache is None:
+        cache = _SCRATCH.buffers = {}
+    buf = cache.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+        buf = torch.empty(shape, dtype=dtype, device=device)
+        cache[name] = buf
+    return buf
+
+
 def true_div(x: torch.Tensor, divisor: float) -> torch.Tensor:
     """x / divisor as an IEEE division on every device.
 
@@ -144,36 +171,42 @@ def _bins_from_mean(
     Returns:
         int32 (...) in 0..999.
     """
-    v = torch.maximum(r, g)
+    def buf(name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return scratch(f"bins.{name}", tuple(r.shape), dtype, r.device)
+
+    v = torch.maximum(r, g, out=buf("v"))
     torch.maximum(v, b, out=v)
-    delta = torch.minimum(r, g)
+    delta = torch.minimum(r, g, out=buf("delta"))
     torch.minimum(delta, b, out=delta)
     torch.sub(v, delta, out=delta)
-    s = delta / (v + 1e-8)
+    s = torch.add(v, 1e-8, out=buf("s"))
+    torch.div(delta, s, out=s)
     # Selections are exact arithmetic with float 0/1 masks (x * 1, x * 0 = +-0, x + 0): on the
     # CPU torch.where and any bool tensor cost ~15-30x an add. A comparison written into a float
     # tensor (out=) holds 1.0 / 0.0 directly.
-    dl = torch.eq(delta, 0.0, out=torch.empty_like(delta)).add_(delta)  # delta, or 1 if 0
-    r_max = torch.eq(r, v, out=torch.empty_like(v))  # the first of r, g, b wins a tie for max
-    g_max = torch.eq(g, v, out=torch.empty_like(v))
+    dl = torch.eq(delta, 0.0, out=buf("dl")).add_(delta)  # delta, or 1 where delta == 0
+    r_max = torch.eq(r, v, out=buf("r_max"))  # the first of r, g, b wins a tie for the max
+    g_max = torch.eq(g, v, out=buf("g_max"))
     torch.gt(g_max, r_max, out=g_max)  # g is the max and r is not
-    not_r = torch.sub(1.0, r_max)
-    b_max = not_r - g_max
+    not_r = torch.sub(1.0, r_max, out=buf("not_r"))
+    b_max = torch.sub(not_r, g_max, out=buf("b_max"))
     # h6 = (g - b) / dl, 2 + (b - r) / dl or 4 + (r - g) / dl: the selected numerator is exact
     # (the two others contribute +-0), so num / dl + offset rounds exactly like the spec's
     # per-case formula (only the sign of a zero h6 can differ, which theta = 0 absorbs).
-    num = torch.sub(g, b).mul_(r_max)
-    num += torch.sub(b, r).mul_(g_max)
-    num += torch.sub(r, g).mul_(b_max)
+    term = buf("term")
+    num = torch.sub(g, b, out=buf("num")).mul_(r_max)
+    num += torch.sub(b, r, out=term).mul_(g_max)
+    num += torch.sub(r, g, out=term).mul_(b_max)
     offset = not_r.add_(b_max).mul_(2.0)  # 2 * g_max + 4 * b_max
     a = true_div_(num.div_(dl).add_(offset), 6.0)  # h6 / 6
     frac = torch.lt(a, 0.0, out=dl).add_(a)  # a + 1 where a < 0: torch.remainder(a, 1)
     theta = frac.mul_(TWO_PI_F32)
     if legacy_hue:
         theta = theta.mul_(2.0).mul_(PI_F32)
-    theta64 = theta.double()
-    px = theta64.cos().float().mul_(s).add_(1.0).div_(2.0)  # (s * c + 1) / 2
-    py = theta64.sin().float().mul_(s).add_(1.0).div_(2.0)
+    theta64 = buf("theta64", torch.float64).copy_(theta)
+    trig = buf("trig", torch.float64)
+    px = buf("px").copy_(torch.cos(theta64, out=trig)).mul_(s).add_(1.0).div_(2.0)
+    py = buf("py").copy_(torch.sin(theta64, out=trig)).mul_(s).add_(1.0).div_(2.0)
     # q(px) + 10 q(py) + 100 q(v) with q = rint(u * 9 + 1) - 1: small integers, exact in float32
     # in any order; Horner form (q(v) * 10 + q(py)) * 10 + q(px).
     out = _q10_float(v).mul_(10.0).add_(_q10_float(py)).mul_(10.0).add_(_q10_float(px))
@@ -204,10 +237,11 @@ def motion_and_bins_ref(
     # times slower than the widening copy plus an int16 reduction) while the channel sum
     # 3 * 255 * T fits; one clip at a time, so the (T, N) buffers are reused and stay in cache.
     acc = torch.int16 if 3 * 255 * t <= torch.iinfo(torch.int16).max else torch.int32
-    wide = torch.empty(t, n, dtype=acc, device=clips.device)
-    pair_max = torch.empty(t - 1, n, dtype=acc, device=clips.device)
-    frame_sum = torch.empty(bsz, n, dtype=acc, device=clips.device)
-    motion_sum = torch.empty(bsz, n, dtype=acc, device=clips.device)
+    dev = clips.device
+    wide = scratch("motion.wide", (t, n), acc, dev)
+    pair_max = scratch("motion.pair_max", (t - 1, n), acc, dev)
+    frame_sum = scratch("motion.frame_sum", (bsz, n), acc, dev)
+    motion_sum = scratch("motion.motion_sum", (bsz, n), acc, dev)
     for i in range(bsz):
         wide.copy_(clips[i].view(t, n))
         torch.sum(wide, dim=0, out=frame_sum[i])
@@ -223,7 +257,7 @@ def motion_and_bins_ref(
     motion = true_div_(motion.float(), float(255 * (t - 1))).view(bsz, h, w)
     # Planar (3, B, H*W) so that r, g and b are contiguous for the elementwise HSV maths (a copy
     # into a planar buffer: .to(memory_format=...) of the permuted view is ~10x slower).
-    planes = torch.empty(3, bsz, h * w, dtype=torch.float32, device=clips.device)
+    planes = scratch("motion.planes", (3, bsz, h * w), torch.float32, dev)
     planes.copy_(frame_sum.view(bsz, h * w, 3).permute(2, 0, 1))
     r, g, b = true_div_(planes, float(255 * t)).unbind(0)
     bins = _bins_from_mean(r, g, b, legacy_hue=legacy_hue).view(bsz, h, w)
@@ -272,8 +306,8 @@ def color_histograms_ref(
     # (clip * 6 + set * 3 + c) * 1000 + bin. The category arithmetic runs on float 0/1 maps (on
     # the CPU bool maps and mixed-dtype arithmetic cost several times more), exact small
     # integers, converted once to int32.
-    cat = torch.empty(2, *s_flat.shape, dtype=torch.float32, device=seed.device)
-    tie = torch.empty_like(cat)
+    cat = scratch("hist.cat", (2, *s_flat.shape), torch.float32, seed.device)
+    tie = scratch("hist.tie", (2, *s_flat.shape), torch.float32, seed.device)
     torch.gt(s_flat, fg_t, out=cat[0])
     torch.ge(s_flat, fg_t, out=tie[0])
     torch.lt(s_flat, bg_t, out=cat[1])
