@@ -153,12 +153,12 @@ def test_seed_variant_is_four_launches(emu_runner):
     assert result.thresholds is None and result.counts is None
 
 
-def test_launch_count_does_not_grow_with_the_batch(emu):
-    from conftest import EmuRunner
-
+def test_launch_count_does_not_grow_with_the_batch(emu, emu_runner):
+    # A fresh runner of the fixture's class per batch size (``import conftest`` would resolve to
+    # whichever conftest.py pytest imported first under that name).
     counts = {}
     for b in (1, 3, 8):
-        runner = EmuRunner(emu.libs["fame_mask"])
+        runner = type(emu_runner)(emu.libs["fame_mask"])
         fcuda.run_fame_mask(tricky_clips(b, 3, 9, 10, seed=b), runner=runner)
         counts[b] = len(runner.launched)
     assert counts == {1: 7, 3: 7, 8: 7}

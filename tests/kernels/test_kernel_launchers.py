@@ -280,11 +280,9 @@ def test_launchers_reject_mixed_devices():
 
 
 @pytest.fixture
-def emu_fused(emu, monkeypatch):
+def emu_fused(emu_runner, monkeypatch):
     """fame_mask_cuda with only CuPy replaced: CupyRunner -> _launch -> the emulated kernels."""
-    from conftest import EmuRunner
-
-    runner = EmuRunner(emu.libs["fame_mask"])
+    runner = emu_runner
     nvtx_names = []
 
     def fake_launch(name, device, grid, args, nvtx_name, *, block=fcuda.BLOCK):
