@@ -56,7 +56,9 @@ def gaussian_kernel1d(size: int, *, device: torch.device | str = "cpu") -> torch
     return (g / g.sum()).to(device=device, dtype=torch.float32)
 
 
-def _blur_axis(x: torch.Tensor, taps: list[float], dim: int) -> torch.Tensor:
+def _blur_axis(
+    x: torch.Tensor, taps: list[float], dim: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """1-D symmetric filter along ``dim`` (1 or 2) of a (B, H, W) map, reflect padding.
 
     out = w0 * x[0] + sum_{i=1..p} w_i * (x[-i] + x[+i]) as separate float32 elementwise ops in
@@ -67,7 +69,7 @@ def _blur_axis(x: torch.Tensor, taps: list[float], dim: int) -> torch.Tensor:
     n = x.shape[dim]
     pad = (p, p, 0, 0) if dim == 2 else (0, 0, p, p)
     xp = F.pad(x[:, None], pad, mode="reflect")[:, 0]
-    out = xp.narrow(dim, p, n) * taps[p]
+    out = torch.mul(xp.narrow(dim, p, n), taps[p], out=out)
     pair = scratch(f"blur.pair{dim}", tuple(out.shape), out.dtype, out.device)  # every tap
     for i in range(1, p + 1):
         torch.add(xp.narrow(dim, p - i, n), xp.narrow(dim, p + i, n), out=pair)
@@ -89,7 +91,8 @@ def gaussian_blur(x: torch.Tensor) -> torch.Tensor:
     if k == 1:
         return x.clone()
     taps = _taps(k)
-    return _blur_axis(_blur_axis(x, taps, 2), taps, 1)
+    along_w = scratch("blur.along_w", tuple(x.shape), x.dtype, x.device)  # internal: reused
+    return _blur_axis(_blur_axis(x, taps, 2, out=along_w), taps, 1)
 
 
 @functools.cache

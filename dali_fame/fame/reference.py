@@ -314,7 +314,8 @@ def color_histograms_ref(
     torch.le(s_flat, bg_t, out=tie[1])
     cat += tie
     cat[1] += 3.0
-    slots = cat.mul_(NUM_BINS).to(torch.int32)
+    slots = scratch("hist.slots", tuple(cat.shape), torch.int32, cat.device)
+    slots.copy_(cat.mul_(NUM_BINS))
     clip_base = torch.arange(0, bsz * 6 * NUM_BINS, 6 * NUM_BINS, dtype=torch.int32,
                              device=bins.device)
     slots += bins.reshape(bsz, -1) + clip_base[:, None]
