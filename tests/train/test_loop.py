@@ -188,6 +188,10 @@ def _agree_worker(rank: int, port: int, out_dir: str) -> None:
             group = loop.agreement_group()
             result[backend] = {"rows": rows, "own_group": group is not dist.group.WORLD}
         (Path(out_dir) / f"{rank}.json").write_text(json.dumps(result))
+        # Both ranks done with every group before either tears it down: a gloo pair whose peer
+        # has already gone aborts ("terminate called without an active exception"), seen under load.
+        dist.barrier(group=loop.agreement_group())
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
