@@ -172,14 +172,9 @@ _TAG_SCENE_DRAW = 23  # a train_biased foreground's scene: (tag, seed, instance)
 _TAG_UNSEEN = 24  # an unseen scene's canvas: (tag, seed, scene)
 _TAG_OFFSET = 25  # per (set, class) offsets of the cycled scene assignments: (tag, seed, set, class)
 
-_DEFAULT_MOTIONS = (
-    "horizontal_oscillation",
-    "vertical_oscillation",
-    "circle",
-    "diagonal_bounce",
-    "grow_shrink",
-    "rotate",
-)
+#: horizontal / vertical oscillation, circle, diagonal bounce, grow-shrink, rotate (not "still":
+#: its static clip would equal the clip)
+_DEFAULT_MOTIONS = syn.MOTIONS[:6]
 
 
 # ---------------------------------------------------------------------------------- options
