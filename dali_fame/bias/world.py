@@ -120,7 +120,6 @@ import functools
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -816,12 +815,7 @@ def generate_world(
                 f"world folder {out_dir} holds a world with other options (or an incomplete or "
                 "older one); pass overwrite=True to replace it"
             )
-        for name in OWNED_ENTRIES:
-            entry = out_dir / name
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            elif entry.exists():
-                entry.unlink()
+        syn.remove_entries(out_dir, OWNED_ENTRIES)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     videos = plan_world(options)

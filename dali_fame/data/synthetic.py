@@ -767,6 +767,16 @@ def render_video(
 # ------------------------------------------------------------------------------- dataset
 
 
+def remove_entries(out_dir: Path, names: Sequence[str]) -> None:
+    """Delete the files / folders ``out_dir/<name>`` that exist (a generator's own outputs)."""
+    for name in names:
+        entry = out_dir / name
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        elif entry.exists():
+            entry.unlink()
+
+
 def save_npz_deterministic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """Like ``np.savez_compressed`` but byte-identical for identical arrays.
 
@@ -978,12 +988,7 @@ def generate_dataset(
 
     # Every option is valid: from here on, write.
     if out_dir.is_dir():
-        for name in OWNED_ENTRIES:
-            entry = out_dir / name
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            elif entry.exists():
-                entry.unlink()
+        remove_entries(out_dir, OWNED_ENTRIES)
     same_gt = f"{SAME_SCENE_DIR}/gt"
     for folder in ("gt", same_gt):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
