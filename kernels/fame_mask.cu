@@ -175,6 +175,47 @@ __device__ int block_exclusive_scan(int* vals, int* part) {
 
 __device__ __forceinline__ float pos_inf() { return __uint_as_float(0x7F800000u); }
 
+// ops._tie_weighted: weight = (k - n_strict) / n_tied (0 without ties).
+__device__ __forceinline__ float tie_weight(int k, int n_strict, int n_tied) {
+  return n_tied > 0 ? __fdiv_rn(static_cast<float>(k - n_strict), static_cast<float>(n_tied))
+                    : 0.0f;
+}
+
+// ops.likelihoods for bin j of hist (4, 1000) (strict / tied foreground, strict / tied
+// background): c = strict + tied * w (background + 1), pF = cF / den_fg, pB = cB / den_bg.
+__device__ __forceinline__ void bin_likelihoods(const int* hist, int j, float w_fg, float w_bg,
+                                                float den_fg, float den_bg, float* pf,
+                                                float* pb) {
+  const float c_fg = __fadd_rn(static_cast<float>(hist[j]),
+                               __fmul_rn(static_cast<float>(hist[FAME_NUM_BINS + j]), w_fg));
+  const float c_bg = __fadd_rn(
+      __fadd_rn(static_cast<float>(hist[2 * FAME_NUM_BINS + j]),
+                __fmul_rn(static_cast<float>(hist[3 * FAME_NUM_BINS + j]), w_bg)),
+      1.0f);
+  *pf = __fdiv_rn(c_fg, den_fg);
+  *pb = __fdiv_rn(c_bg, den_bg);
+}
+
+// ops.soft_mask: M = pF / (pF + pB).
+__device__ __forceinline__ float soft_value(float pf, float pb) {
+  return __fdiv_rn(pf, __fadd_rn(pf, pb));
+}
+
+#if defined(FAME_CUDA_HOST_EMULATION)
+// Host only (kernels/fame_cpu.cpp): M of every bin from the counts and their totals
+// (n_gt, n_eq_fg, n_lt, n_eq_bg), with the arithmetic of fame_seed_hist_soft.
+inline void soft_table(const int* hist, const int totals[4], int k_fg, int k_bg, float den_fg,
+                       float den_bg, float* ratio) {
+  const float w_fg = tie_weight(k_fg, totals[0], totals[1]);
+  const float w_bg = tie_weight(k_bg, totals[2], totals[3]);
+  for (int j = 0; j < FAME_NUM_BINS; ++j) {
+    float pf, pb;
+    bin_likelihoods(hist, j, w_fg, w_bg, den_fg, den_bg, &pf, &pb);
+    ratio[j] = soft_value(pf, pb);
+  }
+}
+#endif
+
 }  // namespace fame_mask_detail
 
 // Gaussian blur along W (spec step 2, first axis) of in (B, H, W) -> out. Grid (x, B): blockIdx.y
@@ -309,23 +350,12 @@ extern "C" __global__ void __launch_bounds__(FAME_MAX_BLOCK) fame_seed_hist_soft
   __syncthreads();
 
   // ops._tie_weighted: weight = (k - n_strict) / n_tied (0 without ties), c = strict + tied * w
-  const float w_fg = totals[1] > 0 ? __fdiv_rn(static_cast<float>(k_fg - totals[0]),
-                                               static_cast<float>(totals[1]))
-                                   : 0.0f;
-  const float w_bg = totals[3] > 0 ? __fdiv_rn(static_cast<float>(k_bg - totals[2]),
-                                               static_cast<float>(totals[3]))
-                                   : 0.0f;
+  const float w_fg = tie_weight(k_fg, totals[0], totals[1]);
+  const float w_bg = tie_weight(k_bg, totals[2], totals[3]);
   int* clip_counts = counts + clip * (4 * FAME_NUM_BINS);
   for (int k = tid; k < 4 * FAME_NUM_BINS; k += nthreads) clip_counts[k] = hist[k];
   for (int j = tid; j < FAME_NUM_BINS; j += nthreads) {
-    const float c_fg = __fadd_rn(static_cast<float>(hist[j]),
-                                 __fmul_rn(static_cast<float>(hist[FAME_NUM_BINS + j]), w_fg));
-    const float c_bg = __fadd_rn(
-        __fadd_rn(static_cast<float>(hist[2 * FAME_NUM_BINS + j]),
-                  __fmul_rn(static_cast<float>(hist[3 * FAME_NUM_BINS + j]), w_bg)),
-        1.0f);
-    p_fg[j] = __fdiv_rn(c_fg, den_fg);
-    p_bg[j] = __fdiv_rn(c_bg, den_bg);
+    bin_likelihoods(hist, j, w_fg, w_bg, den_fg, den_bg, &p_fg[j], &p_bg[j]);
   }
   if (tid == 0) {
     thr[2 * clip] = tf;
@@ -336,8 +366,7 @@ extern "C" __global__ void __launch_bounds__(FAME_MAX_BLOCK) fame_seed_hist_soft
     const int bin = clip_bins[i];
     float m = 0.0f;
     if (static_cast<unsigned int>(bin) < static_cast<unsigned int>(FAME_NUM_BINS)) {
-      const float f = p_fg[bin];
-      m = __fdiv_rn(f, __fadd_rn(f, p_bg[bin]));
+      m = soft_value(p_fg[bin], p_bg[bin]);
     }
     clip_soft[i] = m;
   }

@@ -1,15 +1,17 @@
 """Backend selection: which implementation of the four FAME intermediates runs.
 
 ``backend="torch"`` runs :mod:`dali_fame.fame.reference` on the tensors' device (CPU or CUDA).
-``backend="cuda"`` runs the CuPy RawKernels of :mod:`dali_fame.fame.cuda` (CUDA tensors only;
-an error if they cannot be loaded). ``backend="auto"`` picks ``"cuda"`` for CUDA tensors and
-``"torch"`` for CPU tensors; if the CUDA backend cannot be used on the device (CuPy missing,
-NVRTC cannot compile a kernel, a kernel does not launch or disagrees with the reference on a
-tiny probe) it falls back to the torch reference on the GPU with a one-time warning naming the
-reason, and ``"cuda"`` raises with that reason. With the torch backend everything else (blur,
-min-max, thresholds, top-k) is the shared torch code of :mod:`dali_fame.fame.ops`; the CUDA
-backend also carries ``fame_mask``, the whole mask of variants "fame" / "seed" as one fixed
-sequence of kernels (:func:`dali_fame.fame.cuda.fame_mask_cuda`), bit-identical to that code.
+``backend="cuda"`` runs the CuPy RawKernels of :mod:`dali_fame.fame.cuda` (CUDA tensors only).
+``backend="native"`` runs the C++ of :mod:`dali_fame.fame.native` (CPU tensors only; compiled
+on first use). ``backend="auto"`` picks ``"cuda"`` for CUDA tensors and ``"native"`` for CPU
+tensors; if that backend cannot be used (CuPy missing, NVRTC or the C++ compiler cannot build
+a kernel, a kernel does not launch or disagrees with the reference on a tiny probe) it falls
+back to the torch reference with a one-time warning naming the reason, and naming the backend
+explicitly raises with that reason. With the torch backend everything else (blur, min-max,
+thresholds, top-k) is the shared torch code of :mod:`dali_fame.fame.ops`; the CUDA and native
+backends also carry ``fame_mask``, the whole mask of variants "fame" / "seed" in one fused path
+(:func:`dali_fame.fame.cuda.fame_mask_cuda`: a fixed sequence of kernels;
+:func:`dali_fame.fame.native.fame_mask_native`: one C++ call), bit-identical to that code.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import torch
 
 from dali_fame.fame import reference
 
-__all__ = ["BACKENDS", "Ops", "cuda_ops_status", "resolve_ops"]
+__all__ = ["BACKENDS", "Ops", "cuda_ops_status", "native_ops_status", "resolve_ops"]
 
-BACKENDS = ("auto", "torch", "cuda")
+BACKENDS = ("auto", "torch", "cuda", "native")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ TORCH_OPS = Ops(
 
 
 def _probe(ops: Ops, device: torch.device) -> None:
-    """Run each CUDA launcher once on a tiny input and compare with the reference.
+    """Run each function of a compiled backend once on a tiny input and compare with the
+    reference.
 
     Compiling is not enough: a kernel can compile for the device and still fail to launch (no
     image for the architecture, a driver too old for the PTX) or return wrong results; this
@@ -91,7 +94,7 @@ def _probe(ops: Ops, device: torch.device) -> None:
             )
     wrong = [name for name, ok in checks.items() if not ok]
     if wrong:
-        raise RuntimeError(f"the CUDA kernels ran but disagree with the reference: {wrong}")
+        raise RuntimeError(f"the {ops.name} kernels ran but disagree with the reference: {wrong}")
 
 
 @functools.cache
@@ -131,11 +134,46 @@ def cuda_ops_status(device_index: int = 0) -> tuple[bool, str]:
 
 
 @functools.cache
-def _warn_fallback(reason: str) -> None:
-    # lru_cache makes the warning one-time per reason without a module-level flag.
+def _load_native_ops() -> Ops | Exception:
+    """Compile and load kernels/fame_cpu.cpp and run each function once (:func:`_probe`); once
+    per process. Returns the exception when any step fails."""
+    try:
+        from dali_fame.fame import native as _native
+
+        lib = _native.load_library()
+        if isinstance(lib, Exception):
+            raise lib
+        ops = Ops(
+            name="native",
+            motion_and_bins=_native.motion_and_bins_native,
+            color_histograms=reference.color_histograms_ref,
+            merge=_native.merge_native,
+            merge_normalize=reference.merge_normalize_ref,
+            fame_mask=_native.fame_mask_native,
+        )
+        _probe(ops, torch.device("cpu"))
+        return ops
+    except Exception as exc:  # noqa: BLE001 - no compiler, a failed build, a wrong result
+        return exc
+
+
+def native_ops_status() -> tuple[bool, str]:
+    """Whether the C++ CPU backend builds, loads and agrees with the reference, and why not."""
+    ops = _load_native_ops()
+    if isinstance(ops, Ops):
+        from dali_fame.fame.native import native_status
+
+        return True, native_status()[1] + ", checked against the reference"
+    return False, f"{type(ops).__name__}: {ops}"
+
+
+@functools.cache
+def _warn_fallback(backend: str, reason: str) -> None:
+    # functools.cache makes the warning one-time per reason without a module-level flag.
+    where = "the GPU" if backend == "cuda" else "the CPU"
     warnings.warn(
-        f"dali_fame.fame: the CUDA FAME backend is unavailable ({reason}); "
-        "using the torch reference on the GPU (same results, slower)",
+        f"dali_fame.fame: the {backend} FAME backend is unavailable ({reason}); "
+        f"using the torch reference on {where} (same results, slower)",
         RuntimeWarning,
         stacklevel=4,
     )
@@ -145,28 +183,32 @@ def resolve_ops(backend: str, device: torch.device) -> Ops:
     """The implementation of the intermediates for tensors on ``device``.
 
     Args:
-        backend: "auto", "torch" or "cuda".
+        backend: "auto", "torch", "cuda" or "native".
         device: where the clips are.
 
     Raises:
-        ValueError: unknown backend, or "cuda" for CPU tensors.
-        RuntimeError: "cuda" forced but the CuPy backend cannot be loaded.
+        ValueError: unknown backend, "cuda" for CPU tensors or "native" for CUDA tensors.
+        RuntimeError: "cuda" / "native" forced but that backend cannot be loaded.
     """
     if backend not in BACKENDS:
         raise ValueError(f"dali_fame.fame: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return TORCH_OPS
-    if device.type != "cuda":
-        if backend == "cuda":
-            raise ValueError(
-                f"dali_fame.fame: backend='cuda' needs CUDA tensors, got tensors on {device}"
-            )
+    compiled = "cuda" if device.type == "cuda" else "native"
+    if backend not in ("auto", compiled):
+        raise ValueError(
+            f"dali_fame.fame: backend={backend!r} needs "
+            f"{'CUDA' if backend == 'cuda' else 'CPU'} tensors, got tensors on {device}"
+        )
+    if device.type not in ("cuda", "cpu"):
         return TORCH_OPS
-    ops = _load_cuda_ops(device.index or 0)
+    ops = _load_cuda_ops(device.index or 0) if compiled == "cuda" else _load_native_ops()
     if isinstance(ops, Ops):
         return ops
     reason = f"{type(ops).__name__}: {ops}"
-    if backend == "cuda":
-        raise RuntimeError(f"dali_fame.fame: backend='cuda' requested but unavailable ({reason})")
-    _warn_fallback(reason)
+    if backend == compiled:
+        raise RuntimeError(
+            f"dali_fame.fame: backend={compiled!r} requested but unavailable ({reason})"
+        )
+    _warn_fallback(compiled, reason)
     return TORCH_OPS

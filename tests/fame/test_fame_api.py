@@ -290,9 +290,30 @@ def test_non_contiguous_clips_are_accepted_by_the_api(scene):
     assert torch.equal(fame_mask(strided), fame_mask(clips))
 
 
-def test_cpu_tensors_resolve_to_the_torch_reference():
-    assert resolve_ops("auto", torch.device("cpu")).name == "torch"
+def test_cpu_tensors_resolve_to_the_native_backend_or_the_reference():
+    from dali_fame.fame.dispatch import native_ops_status
+
+    ok, reason = native_ops_status()
+    assert resolve_ops("auto", torch.device("cpu")).name == ("native" if ok else "torch"), reason
     assert resolve_ops("torch", torch.device("cpu")).name == "torch"
+    with pytest.raises(ValueError, match="needs CPU tensors"):
+        resolve_ops("native", torch.device("cuda", 0))
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        resolve_ops("cuda", torch.device("cpu"))
+
+
+def test_auto_falls_back_to_torch_on_cpu_when_the_compiler_is_missing(monkeypatch):
+    from dali_fame.fame import dispatch
+
+    reason = FileNotFoundError("no C++ compiler: 'g++' is not on PATH (set $CXX)")
+    monkeypatch.setattr(dispatch, "_load_native_ops", lambda: reason)
+    dispatch._warn_fallback.cache_clear()
+    cpu = torch.device("cpu")
+    with pytest.warns(RuntimeWarning, match="native FAME backend is unavailable.*g\\+\\+"):
+        assert dispatch.resolve_ops("auto", cpu).name == "torch"
+    with pytest.raises(RuntimeError, match="backend='native' requested but unavailable"):
+        dispatch.resolve_ops("native", cpu)
+    dispatch._warn_fallback.cache_clear()
 
 
 def test_fame_module_single_both_and_intra(scene):
