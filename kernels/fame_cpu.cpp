@@ -249,9 +249,20 @@ void select_top(const float* score, int n, int k, Scratch& sc, unsigned char* ma
 // mask M (soft[i] = pF / (pF + pB) of pixel i's bin), as fame_seed_hist_soft.
 void seed_hist_soft(const float* seed, const int* bins, int n, int k_fg, int k_bg, float den_fg,
                     float den_bg, Scratch& sc, float* soft) {
-  const float tf = k_fg > 0 ? kth_smallest(seed, n, n - k_fg + 1, sc.sel)
-                            : fame_mask_detail::pos_inf();
-  const float tb = k_bg > 0 ? kth_smallest(seed, n, k_bg, sc.sel) : -fame_mask_detail::pos_inf();
+  // thr_fg = the (n - kF + 1)-th smallest, thr_bg = the kB-th smallest: one copy, and when
+  // kB <= n - kF the second selection only searches the part left of the first one
+  float tf = fame_mask_detail::pos_inf(), tb = -fame_mask_detail::pos_inf();
+  int left = n;  // sel[0..left) holds the kB smallest values (all values before a selection)
+  if (k_fg > 0) {
+    tf = kth_smallest(seed, n, n - k_fg + 1, sc.sel);
+    if (k_bg <= n - k_fg) left = n - k_fg;
+  } else {
+    sc.sel.assign(seed, seed + n);
+  }
+  if (k_bg > 0) {
+    std::nth_element(sc.sel.begin(), sc.sel.begin() + (k_bg - 1), sc.sel.begin() + left);
+    tb = sc.sel[k_bg - 1];
+  }
   sc.hist.assign(4 * FAME_NUM_BINS, 0);
   int* h = sc.hist.data();
   int tot[4] = {0, 0, 0, 0};
