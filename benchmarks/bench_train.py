@@ -58,7 +58,7 @@ def time_setting(name: str, *, fame_on: bool, steps: int, warmup: int, device: t
     split = load_split(data, split="train", is_main=True, wait=lambda: None, progress=False)
     loader, choice = build_loader(split.records, data, batch_size=s["batch"], mode="train", seed=0,
                                   rank=0, world_size=1, local_rank=0)
-    fame = FAME(beta=0.5 if fame_on else 1.0, backend=select_fame_backend().name)
+    fame = FAME(beta=0.5 if fame_on else 1.0, backend=select_fame_backend("auto", device).name)
     augment = ClipAugment(crop=s["crop"])
     model = MoCo(build_backbone(s["backbone"]), queue_size=s["batch"] * 8, momentum=0.999,
                  global_batch_size=s["batch"], generator=torch.Generator().manual_seed(0)).to(device)

@@ -64,26 +64,50 @@ def select_loader(requested: str = "auto") -> Choice:
     return Choice("cpu", "CUDA device present but nvidia.dali does not import: CPU loader")
 
 
-def select_fame_backend(requested: str = "auto") -> Choice:
-    """Pick the FAME backend: ``"cuda"`` (CuPy RawKernels) when they load, compile and pass a
-    tiny probe on GPU 0 (:func:`dali_fame.fame.dispatch.cuda_ops_status`), else ``"torch"``.
+def select_fame_backend(requested: str = "auto", device=None) -> Choice:
+    """Pick the FAME backend for clips on ``device``: ``"cuda"`` (CuPy RawKernels) on a GPU and
+    ``"native"`` (kernels/fame_cpu.cpp) on the CPU when they build and pass a tiny probe against
+    the reference (:mod:`dali_fame.fame.dispatch`), else ``"torch"`` with the reason.
+
+    Args:
+        requested: "auto", "cuda", "native" or "torch".
+        device: where the clips will be (a torch.device or its string); default: GPU 0 when a
+            CUDA device exists, else the CPU. (A CPU run on a GPU machine, ACCELERATE_USE_CPU,
+            passes its own device so that it gets the CPU backend.)
 
     Raises:
-        ValueError: an unknown name, or ``"cuda"`` requested where it cannot run (the reason).
+        ValueError: an unknown name, or a compiled backend requested where it cannot run (the
+            reason).
     """
-    if requested not in ("auto", "cuda", "torch"):
-        raise ValueError(f"FAME backend must be one of auto, cuda, torch; got {requested!r}")
+    import torch
+
+    if requested not in ("auto", "cuda", "native", "torch"):
+        raise ValueError(
+            f"FAME backend must be one of auto, cuda, native, torch; got {requested!r}"
+        )
     if requested == "torch":
         return Choice("torch", "forced: torch reference")
-    if not cuda_device_count():
-        if requested == "cuda":
-            raise ValueError("FAME backend 'cuda' was requested but no CUDA device is available")
-        return Choice("torch", "no CUDA device: torch reference on the CPU")
-    from dali_fame.fame.dispatch import cuda_ops_status
+    if device is None:
+        device = "cuda" if cuda_device_count() else "cpu"
+    device = torch.device(device)
+    compiled = "cuda" if device.type == "cuda" else "native"
+    if requested == "cuda" and not cuda_device_count():
+        raise ValueError("FAME backend 'cuda' was requested but no CUDA device is available")
+    if requested not in ("auto", compiled):
+        raise ValueError(
+            f"FAME backend {requested!r} was requested but the clips are on {device} "
+            f"(use 'auto' or '{compiled}')"
+        )
+    from dali_fame.fame import dispatch
 
-    ok, reason = cuda_ops_status(0)
+    if compiled == "cuda":
+        ok, reason = dispatch.cuda_ops_status(device.index or 0)
+        label, where = f"CuPy {module_version('cupy')}: {reason}", "GPU"
+    else:
+        ok, reason = dispatch.native_ops_status()
+        label, where = f"C++ on the CPU: {reason}", "CPU"
     if ok:
-        return Choice("cuda", f"CuPy {module_version('cupy')}: {reason}")
-    if requested == "cuda":
-        raise ValueError(f"FAME backend 'cuda' was requested but cannot run: {reason}")
-    return Choice("torch", f"CUDA kernels unavailable ({reason}): torch reference on the GPU")
+        return Choice(compiled, label)
+    if requested == compiled:
+        raise ValueError(f"FAME backend {compiled!r} was requested but cannot run: {reason}")
+    return Choice("torch", f"{compiled} kernels unavailable ({reason}): torch reference on the {where}")

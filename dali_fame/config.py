@@ -62,7 +62,7 @@ class DebiasConfig:
     derangement: bool = True
     be_gamma: float = 0.3
     be_per_clip: bool = True
-    backend: str = "auto"  #: auto | torch | cuda
+    backend: str = "auto"  #: auto | torch | cuda | native
 
 
 @dataclass
@@ -159,7 +159,7 @@ def validate(cfg: Config) -> Config:
     _choice("debias.variant", f.variant, ("fame", "seed", "gauss", "grid"))
     _choice("debias.views", f.views, ("single", "both"))
     _choice("debias.background", f.background, ("inter", "intra"))
-    _choice("debias.backend", f.backend, ("auto", "torch", "cuda"))
+    _choice("debias.backend", f.backend, ("auto", "torch", "cuda", "native"))
     if not 0.0 <= f.beta <= 1.0:
         raise ConfigError(f"debias.beta must be in [0, 1]; got {f.beta}")
     if f.method == "fame" and f.variant == "grid" and f.beta != 0.5:

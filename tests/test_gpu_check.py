@@ -149,6 +149,35 @@ def test_compile_failure_falls_back_with_reason_and_cuda_raises(monkeypatch):
         dispatch._warn_fallback.cache_clear()
 
 
+def test_a_cpu_run_on_a_gpu_machine_gets_the_cpu_backend(monkeypatch):
+    # ACCELERATE_USE_CPU on a GPU machine: the trainer passes its CPU device, so FAME must not
+    # be handed the CUDA backend (which refuses CPU tensors).
+    from dali_fame import backends
+    from dali_fame.fame import dispatch
+
+    monkeypatch.setattr(backends, "cuda_device_count", lambda: 1)
+    native_ok, _ = dispatch.native_ops_status()
+    cpu = backends.select_fame_backend("auto", torch.device("cpu"))
+    assert cpu.name == ("native" if native_ok else "torch")
+    with pytest.raises(ValueError, match="'cuda' was requested but the clips are on cpu"):
+        backends.select_fame_backend("cuda", "cpu")
+    with pytest.raises(ValueError, match="'native' was requested but the clips are on cuda"):
+        backends.select_fame_backend("native", "cuda:0")
+    with pytest.raises(ValueError, match="auto, cuda, native, torch"):
+        backends.select_fame_backend("cpp")
+
+
+def test_native_build_failure_falls_back_with_reason_and_native_raises(monkeypatch):
+    from dali_fame import backends
+    from dali_fame.fame import dispatch
+
+    monkeypatch.setattr(dispatch, "_load_native_ops", lambda: RuntimeError("compiling fame_cpu.cpp failed: boom"))
+    auto = backends.select_fame_backend("auto", "cpu")
+    assert auto.name == "torch" and "boom" in auto.reason and "torch reference on the CPU" in auto.reason
+    with pytest.raises(ValueError, match="boom"):
+        backends.select_fame_backend("native", "cpu")
+
+
 def test_scripts_stop_at_start_up_on_an_unusable_gpu_unless_the_cpu_is_asked_for(monkeypatch, tmp_path):
     import importlib.util
     from pathlib import Path

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     # --- model, debiasing, augmentation, optimizer ----------------------------------------
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed clip shapes: pick each conv's algorithm once
-    fame_backend = select_fame_backend(cfg.debias.backend)
+    fame_backend = select_fame_backend(cfg.debias.backend, accelerator.device)
     both = cfg.debias.views == "both"
     if cfg.debias.method == "fame":
         debias = FAME(beta=cfg.debias.beta, variant=cfg.debias.variant, both=both,
