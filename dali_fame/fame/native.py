@@ -84,7 +84,9 @@ def _cpu_signature() -> str:
 def _library_path(kernels: Path, cxx: str) -> Path:
     from dali_fame.engine.data import default_cache_dir  # lazy: engine imports fame
 
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True)
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True)
+    if version.returncode != 0:
+        raise RuntimeError(f"{cxx} --version failed: {version.stderr.strip() or version.stdout}")
     h = hashlib.sha256()
     for part in (version.stdout, " ".join(CXX_FLAGS), _cpu_signature()):
         h.update(part.encode())
@@ -212,8 +214,10 @@ def fame_mask_native(
         )
     _check_cpu_clips(clips)
     bsz, t, h, w, _ = clips.shape
-    hw = h * w
-    k_fg, k_bg, k_mask = int(fg_fraction * hw), int(bg_fraction * hw), int(beta * hw)
+    # left to right, as api.fame_mask and the reference evaluate them: int(0.3 * 6 * 15) = 26,
+    # int(0.3 * 90) = 27
+    k_fg, k_bg = int(fg_fraction * h * w), int(bg_fraction * h * w)
+    k_mask = int(beta * h * w)
     size = _ops.blur_kernel_size(h, w)
     maps = torch.empty(4, bsz, h, w, dtype=torch.float32)  # motion, bins, seed, soft
     mask = torch.empty(bsz, h, w, dtype=torch.bool)
