@@ -83,8 +83,12 @@ def report() -> tuple[list[str], bool]:
         lines.append("NVRTC       none found (CuPy cannot compile the FAME kernels)")
     if loaded:
         lines.append(f"CuPy NVRTC  {loaded} (already loaded in this process: CuPy compiles the kernels with it)")
-    gxx = shutil.which("g++")
-    lines.append(f"g++         {gxx or 'not found'} (host emulation of the CUDA kernels in the tests)")
+    cxx = os.environ.get("CXX", "g++")  # the compiler dali_fame.fame.native builds with
+    found = shutil.which(cxx)
+    lines.append(
+        f"{cxx:<11.11s} {found or 'not found'} (builds the native CPU FAME backend and the tests' "
+        "host emulation of the CUDA kernels)"
+    )
     facts = read_facts()
     verdict = diagnose(facts)
     lines.append(f"NVIDIA      driver {facts.driver or 'none'}, device nodes {len(facts.device_nodes)}, "
