@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from dali_fame.fame import ops as _ops
-from dali_fame.fame.reference import NUM_BINS, check_clips
+from dali_fame.fame.reference import NUM_BINS, check_merge_inputs, check_clips
 
 __all__ = [
     "CXX_FLAGS",
@@ -241,17 +241,8 @@ def merge_native(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) ->
         uint8 (B, T, H, W, 3).
     """
     _check_cpu_clips(clips)
+    check_merge_inputs(clips, mask, perm)  # the reference's checks: shapes, dtypes, devices
     bsz, t, h, w, _ = clips.shape
-    if mask.shape != (bsz, h, w) or mask.dtype not in (torch.bool, torch.uint8):
-        raise ValueError(
-            f"dali_fame.fame.native: mask must be bool or uint8 ({bsz}, {h}, {w}), got "
-            f"{mask.dtype} {tuple(mask.shape)}"
-        )
-    if perm.shape != (bsz,) or perm.dtype != torch.int64:
-        raise ValueError(
-            f"dali_fame.fame.native: perm must be int64 ({bsz},), got {perm.dtype} "
-            f"{tuple(perm.shape)}"
-        )
     mask, perm = mask.cpu().contiguous(), perm.cpu().contiguous()
     if bsz and (int(perm.min()) < 0 or int(perm.max()) >= bsz):  # the C++ would read anywhere
         raise ValueError(f"dali_fame.fame.native: perm values must lie in 0..{bsz - 1}")

@@ -39,6 +39,7 @@ __all__ = [
     "PI_F32",
     "TWO_PI_F32",
     "check_clips",
+    "check_merge_inputs",
     "color_histograms_ref",
     "device_scalar",
     "merge_normalize_ref",
@@ -334,7 +335,9 @@ def color_histograms_ref(
     return counts[:, [2, 1, 5, 4]].to(torch.int32)
 
 
-def _check_merge_inputs(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> None:
+def check_merge_inputs(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> None:
+    """Raise ValueError unless clips (contiguous clip batch), mask (bool / uint8 (B, H, W)) and
+    perm (int64 (B,)) fit together and share a device (the merges' shared contract)."""
     check_clips(clips)
     _check_contiguous(clips, "clips")
     bsz, _, h, w, _ = clips.shape
@@ -363,7 +366,7 @@ def merge_ref(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> to
         uint8 (B, T, H, W, 3): out[b] = clips[b] where mask[b], clips[perm[b]] elsewhere,
         for every frame and channel.
     """
-    _check_merge_inputs(clips, mask, perm)
+    check_merge_inputs(clips, mask, perm)
     t = clips.shape[1]
     out = torch.empty_like(clips)
     keep = byte_mask(mask)  # (B, 1, H*W*3)
@@ -428,7 +431,7 @@ def merge_normalize_ref(
         float32 (B, 3, T, H, W) contiguous: ``(x / 255 - mean[c]) / std[c]`` of the merged clip,
         in float32 in exactly that order of operations.
     """
-    _check_merge_inputs(clips, mask, perm)
+    check_merge_inputs(clips, mask, perm)
     for name, v in (("mean", mean), ("std", std)):
         if v.shape != (3,) or v.dtype != torch.float32:
             raise ValueError(
