@@ -142,6 +142,23 @@ void motion_bins_clip(const Acc* cs, const Acc* ds, int T, int hw, int legacy, S
     cf[p] = static_cast<float>(cd);
     sf[p] = static_cast<float>(sd);
   }
+#ifdef FAME_CPU_TRIG_SKEW_ULP
+  // Tests only: move every float trig value k ulps (towards +inf for k > 0), the error bound
+  // color_bin's argument allows, so that the near_half fallback must repair the bins it moves
+  // (tests/fame/test_native.py; the polynomial itself is too accurate to reach the fallback).
+  for (int p = 0; p < hw; ++p) {
+    constexpr int k = FAME_CPU_TRIG_SKEW_ULP;
+    for (int i = 0; i < (k > 0 ? k : -k); ++i) {
+      cf[p] = nextafterf(cf[p], k > 0 ? HUGE_VALF : -HUGE_VALF);
+      sf[p] = nextafterf(sf[p], k > 0 ? HUGE_VALF : -HUGE_VALF);
+    }
+  }
+#endif
+#ifdef FAME_CPU_NO_EXACT_FALLBACK
+  constexpr bool fallback = false;  // tests only: shows that the skew above changes bins
+#else
+  constexpr bool fallback = true;
+#endif
   for (int p = 0; p < hw; ++p) {
     const float ax = fame_mb::disk_q_arg(s[p], cf[p]);
     const float ay = fame_mb::disk_q_arg(s[p], sf[p]);
@@ -149,7 +166,8 @@ void motion_bins_clip(const Acc* cs, const Acc* ds, int T, int hw, int legacy, S
     const int qy = static_cast<int>(rintf(ay)) - 1;
     const int bin = qx + 10 * qy + 100 * fame_mb::quantize10(v[p]);
     // near a rounding edge of q the exact (double libm) path decides; flagged as -1
-    const bool edge = s[p] != 0.0f && (fame_mb::near_half(ax) || fame_mb::near_half(ay));
+    const bool edge =
+        fallback && s[p] != 0.0f && (fame_mb::near_half(ax) || fame_mb::near_half(ay));
     bins[p] = edge ? -1 : bin;
   }
   for (int p = 0; p < hw; ++p) {

@@ -33,6 +33,7 @@ from dali_fame.fame.reference import NUM_BINS, check_merge_inputs, check_clips
 
 __all__ = [
     "CXX_FLAGS",
+    "declare",
     "fame_mask_native",
     "load_library",
     "merge_native",
@@ -96,10 +97,13 @@ def _library_path(kernels: Path, cxx: str) -> Path:
     return default_cache_dir() / "native" / h.hexdigest()[:20] / "libfame_cpu.so"
 
 
-def _build(kernels: Path, cxx: str, out: Path) -> None:
+def _build(kernels: Path, cxx: str, out: Path, defines: tuple[str, ...] = ()) -> None:
+    """Compile kernels/fame_cpu.cpp into ``out``; ``defines`` (``NAME=VALUE``) are the tests'
+    hooks (FAME_CPU_TRIG_SKEW_ULP, FAME_CPU_NO_EXACT_FALLBACK), never used by the library."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # atomic publish: concurrent builds
-    cmd = [cxx, *CXX_FLAGS, f"-I{kernels}", str(kernels / SOURCE), "-o", str(tmp)]
+    flags = [f"-D{d}" for d in defines]
+    cmd = [cxx, *CXX_FLAGS, *flags, f"-I{kernels}", str(kernels / SOURCE), "-o", str(tmp)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
@@ -124,6 +128,11 @@ def load_library() -> ctypes.CDLL | Exception:
         lib = ctypes.CDLL(str(path))
     except Exception as exc:  # noqa: BLE001 - any reason is reported by native_status
         return exc
+    return declare(lib)
+
+
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Set the C signatures of the library's three entry points (kernels/fame_cpu.cpp)."""
     lib.fame_cpu_motion_bins.argtypes = [_P, _I, _I, _I, _I, _I, _P, _P, _I]
     lib.fame_cpu_mask.argtypes = [_P, *[_I] * 8, _F, _F, _I, _P, _I, *[_P] * 5, _I]
     lib.fame_cpu_merge.argtypes = [_P, _P, _P, _I, _I, _I, _I, _P, _I]

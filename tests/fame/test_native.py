@@ -14,6 +14,7 @@ says why.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import functools
 import itertools
 import os
@@ -663,3 +664,70 @@ def test_exhaustive_all_colours_bins_equal_reference(capsys):
             f"peak RSS {peak_gib:.2f} GiB"
         )
     assert peak_gib < 4.0
+
+
+# --------------------------------------------------------------------------------------------
+# 7. the exact-trigonometry fallback, reached on purpose
+# --------------------------------------------------------------------------------------------
+# The double polynomial is accurate enough that no input above ever reaches the near_half
+# fallback's repair. Test builds move every float cos / sin by 2 ulps (the bound color_bin's
+# argument allows): with the fallback the bins must still equal the reference; without it
+# (FAME_CPU_NO_EXACT_FALLBACK) some must differ, or this test could not catch a broken fallback.
+
+
+@pytest.fixture(scope="module")
+def skewed_builds(tmp_path_factory):
+    from dali_fame.fame.cuda import kernels_dir
+
+    out = tmp_path_factory.mktemp("native_skew")
+    variants = {
+        "skew+2": ("FAME_CPU_TRIG_SKEW_ULP=2",),
+        "skew-2": ("FAME_CPU_TRIG_SKEW_ULP=-2",),
+        "skew+2 no fallback": ("FAME_CPU_TRIG_SKEW_ULP=2", "FAME_CPU_NO_EXACT_FALLBACK=1"),
+    }
+    libs = {}
+    for i, (name, defines) in enumerate(variants.items()):
+        path = out / f"libfame_cpu_{i}.so"
+        native._build(kernels_dir(), native._compiler(), path, defines)
+        libs[name] = native.declare(ctypes.CDLL(str(path)))
+    return libs
+
+
+def _bins_with(lib, clips: torch.Tensor, legacy_hue: bool) -> torch.Tensor:
+    bsz, t, h, w, _ = clips.shape
+    motion = torch.empty(bsz, h, w)
+    bins = torch.empty(bsz, h, w, dtype=torch.int32)
+    lib.fame_cpu_motion_bins(clips.data_ptr(), bsz, t, h, w, int(legacy_hue), motion.data_ptr(),
+                             bins.data_ptr(), 2)
+    return bins
+
+
+def _colour_clip(colours: torch.Tensor, side: int) -> torch.Tensor:
+    """int (N,) colours 0xRRGGBB -> a (1, 2, side, N // side, 3) clip of two equal frames."""
+    rgb = torch.stack([colours >> 16, (colours >> 8) & 255, colours & 255], dim=-1)
+    frame = rgb.to(torch.uint8).view(side, -1, 3)
+    return frame.expand(1, 2, *frame.shape).contiguous()
+
+
+@pytest.mark.parametrize("legacy_hue", [False, True], ids=["hue", "legacy_hue"])
+def test_fallback_repairs_bins_moved_by_a_2_ulp_trig_error(skewed_builds, legacy_hue):
+    gen = torch.Generator().manual_seed(12)
+    clips = _colour_clip(torch.randint(0, 2**24, (1024 * 1024,), generator=gen), 1024)
+    ref = motion_and_bins_ref(clips, legacy_hue=legacy_hue)[1]
+    for name in ("skew+2", "skew-2"):
+        _assert_equal(_bins_with(skewed_builds[name], clips, legacy_hue), ref, name)
+    broken = int((_bins_with(skewed_builds["skew+2 no fallback"], clips, legacy_hue) != ref).sum())
+    assert broken > 0, "a 2-ulp skew without the fallback moved no bin: the test is blind"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("legacy_hue", [False, True], ids=["hue", "legacy_hue"])
+def test_fallback_exhaustive_with_skewed_trig(skewed_builds, legacy_hue):
+    """Every uint8 colour, both skews: the fallback leaves no bin moved."""
+    clips = _colour_clip(torch.arange(2**24, dtype=torch.int32), 4096)
+    for name in ("skew+2", "skew-2"):
+        bins = _bins_with(skewed_builds[name], clips, legacy_hue)
+        for r in range(0, 4096, 1024):
+            block = clips[:, :, r : r + 1024].contiguous()
+            _assert_equal(bins[:, r : r + 1024], motion_and_bins_ref(block, legacy_hue=legacy_hue)[1],
+                          f"{name} rows {r}..{r + 1023}")
