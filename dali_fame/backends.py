@@ -89,8 +89,10 @@ def select_fame_backend(requested: str = "auto", device=None) -> Choice:
         return Choice("torch", "forced: torch reference")
     if device is None:
         device = "cuda" if cuda_device_count() else "cpu"
+    from dali_fame.fame import dispatch
+
     device = torch.device(device)
-    compiled = "cuda" if device.type == "cuda" else "native"
+    compiled = dispatch.compiled_backend(device)
     if requested == "cuda" and not cuda_device_count():
         raise ValueError("FAME backend 'cuda' was requested but no CUDA device is available")
     if requested not in ("auto", compiled):
@@ -98,16 +100,14 @@ def select_fame_backend(requested: str = "auto", device=None) -> Choice:
             f"FAME backend {requested!r} was requested but the clips are on {device} "
             f"(use 'auto' or '{compiled}')"
         )
-    from dali_fame.fame import dispatch
-
+    ok, reason = dispatch.compiled_status(device)
     if compiled == "cuda":
-        ok, reason = dispatch.cuda_ops_status(device.index or 0)
         label, where = f"CuPy {module_version('cupy')}: {reason}", "GPU"
     else:
-        ok, reason = dispatch.native_ops_status()
         label, where = f"C++ on the CPU: {reason}", "CPU"
     if ok:
         return Choice(compiled, label)
     if requested == compiled:
         raise ValueError(f"FAME backend {compiled!r} was requested but cannot run: {reason}")
     return Choice("torch", f"{compiled} kernels unavailable ({reason}): torch reference on the {where}")
+

@@ -71,7 +71,7 @@ inline void sincos_poly(double x, double* s_out, double* c_out) {
 struct Scratch {
   std::vector<unsigned short> csum16, dsum16;  // (3 HW) channel / |difference| sums, T <= 257
   std::vector<int> csum32, dsum32;             // the same for longer clips
-  std::vector<float> s, v, theta, cs, sn, a, b, sel;
+  std::vector<float> s, v, theta, cs, sn, sel;  // (HW) HSV, trig, selection copy
   std::vector<float> pad, tmp;
   std::vector<int> hist;
   std::vector<unsigned char> keep;

@@ -46,7 +46,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from dali_fame.fame.ops import EPS, blur_kernel_size, gaussian_kernel1d
+from dali_fame.fame.ops import blur_kernel_size, gaussian_taps, likelihood_denominator
 from dali_fame.fame.reference import NUM_BINS, check_clips
 
 __all__ = [
@@ -599,17 +599,6 @@ class FameMaskResult:
     launches: int
 
 
-@functools.cache
-def _taps(size: int, device: str) -> torch.Tensor:
-    """float32 (size,) Gaussian taps of ops.gaussian_kernel1d on ``device``: built and copied
-    once per (size, device), so a call of the fused path makes no host-to-device copy."""
-    return gaussian_kernel1d(size, device=device).contiguous()
-
-
-def _likelihood_denominator(k: int) -> np.float32:
-    # ops.likelihoods: float32(k) + float32(1e-8), rounded to float32
-    return np.float32(np.float32(k) + np.float32(EPS))
-
 
 def run_fame_mask(
     clips: torch.Tensor,
@@ -667,7 +656,7 @@ def run_fame_mask(
     launch(name, (grid,), (clips, motion, bins, i32(bsz), i32(t), i32(hw), i32(bool(legacy_hue))))
 
     size = blur_kernel_size(h, w)  # radius = size // 2 < min(H, W): reflect padding is valid
-    taps, radius = _taps(size, str(device)), i32(size // 2)
+    taps, radius = gaussian_taps(size, str(device)), i32(size // 2)
     tmp = new(torch.float32, bsz, h, w)
 
     def blur_minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -698,8 +687,8 @@ def run_fame_mask(
                 i32(hw),
                 i32(k_fg),
                 i32(k_bg),
-                _likelihood_denominator(k_fg),
-                _likelihood_denominator(k_bg + NUM_BINS),
+                np.float32(likelihood_denominator(k_fg)),
+                np.float32(likelihood_denominator(k_bg + NUM_BINS)),
             ),
             CLIP_BLOCK,
         )

@@ -25,7 +25,15 @@ import torch
 
 from dali_fame.fame import reference
 
-__all__ = ["BACKENDS", "Ops", "cuda_ops_status", "native_ops_status", "resolve_ops"]
+__all__ = [
+    "BACKENDS",
+    "Ops",
+    "compiled_backend",
+    "compiled_status",
+    "cuda_ops_status",
+    "native_ops_status",
+    "resolve_ops",
+]
 
 BACKENDS = ("auto", "torch", "cuda", "native")
 
@@ -167,6 +175,18 @@ def native_ops_status() -> tuple[bool, str]:
     return False, f"{type(ops).__name__}: {ops}"
 
 
+def compiled_backend(device: torch.device) -> str:
+    """The compiled backend for tensors on ``device``: "cuda" on a GPU, "native" elsewhere."""
+    return "cuda" if device.type == "cuda" else "native"
+
+
+def compiled_status(device: torch.device) -> tuple[bool, str]:
+    """:func:`cuda_ops_status` or :func:`native_ops_status`, whichever serves ``device``."""
+    if compiled_backend(device) == "cuda":
+        return cuda_ops_status(device.index or 0)
+    return native_ops_status()
+
+
 @functools.cache
 def _warn_fallback(backend: str, reason: str) -> None:
     # functools.cache makes the warning one-time per reason without a module-level flag.
@@ -194,7 +214,7 @@ def resolve_ops(backend: str, device: torch.device) -> Ops:
         raise ValueError(f"dali_fame.fame: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return TORCH_OPS
-    compiled = "cuda" if device.type == "cuda" else "native"
+    compiled = compiled_backend(device)
     if backend not in ("auto", compiled):
         raise ValueError(
             f"dali_fame.fame: backend={backend!r} needs "

@@ -25,11 +25,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dali_fame.fame import ops as _ops
-from dali_fame.fame.reference import NUM_BINS, check_merge_inputs, check_clips
+from dali_fame.fame.reference import NUM_BINS, check_clips, check_merge_inputs, scratch
 
 __all__ = [
     "CXX_FLAGS",
@@ -85,7 +84,7 @@ def _cpu_signature() -> str:
 def _library_path(kernels: Path, cxx: str) -> Path:
     from dali_fame.engine.data import default_cache_dir  # lazy: engine imports fame
 
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True)
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False)
     if version.returncode != 0:
         raise RuntimeError(f"{cxx} --version failed: {version.stderr.strip() or version.stdout}")
     h = hashlib.sha256()
@@ -104,7 +103,7 @@ def _build(kernels: Path, cxx: str, out: Path, defines: tuple[str, ...] = ()) ->
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # atomic publish: concurrent builds
     flags = [f"-D{d}" for d in defines]
     cmd = [cxx, *CXX_FLAGS, *flags, f"-I{kernels}", str(kernels / SOURCE), "-o", str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"compiling {SOURCE} failed: {' '.join(cmd)}\n{proc.stderr.strip()}")
@@ -144,7 +143,9 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 def _lib() -> ctypes.CDLL:
     lib = load_library()
     if isinstance(lib, Exception):
-        raise RuntimeError(f"dali_fame.fame.native: the C++ backend is unavailable ({lib})")
+        raise RuntimeError(  # noqa: TRY004 - not a type error: the build failed
+            f"dali_fame.fame.native: the C++ backend is unavailable ({lib})"
+        ) from lib
     return lib
 
 
@@ -187,16 +188,6 @@ def motion_and_bins_native(
     return motion, bins
 
 
-@functools.cache
-def _taps(size: int) -> torch.Tensor:
-    return _ops.gaussian_kernel1d(size).contiguous()
-
-
-def _likelihood_denominator(k: int) -> float:
-    # ops.likelihoods: float32(k) + float32(1e-8), rounded to float32 (exact as a Python float)
-    return float(np.float32(np.float32(k) + np.float32(_ops.EPS)))
-
-
 def fame_mask_native(
     clips: torch.Tensor,
     *,
@@ -228,12 +219,15 @@ def fame_mask_native(
     k_fg, k_bg = int(fg_fraction * h * w), int(bg_fraction * h * w)
     k_mask = int(beta * h * w)
     size = _ops.blur_kernel_size(h, w)
-    maps = torch.empty(4, bsz, h, w, dtype=torch.float32)  # motion, bins, seed, soft
+    # the intermediates (motion, bins as int32 bits, seed, soft) never leave this call: the
+    # reference's per-thread scratch buffers, not fresh pages per call
+    maps = scratch("native.maps", (4, bsz, h, w), torch.float32, clips.device)
     mask = torch.empty(bsz, h, w, dtype=torch.bool)
     _lib().fame_cpu_mask(
         clips.data_ptr(), bsz, t, h, w, int(bool(legacy_hue)), int(variant == "seed"),
-        k_fg, k_bg, _likelihood_denominator(k_fg), _likelihood_denominator(k_bg + NUM_BINS),
-        k_mask, _taps(size).data_ptr(), size // 2, maps[0].data_ptr(), maps[1].data_ptr(),
+        k_fg, k_bg, _ops.likelihood_denominator(k_fg),
+        _ops.likelihood_denominator(k_bg + NUM_BINS),
+        k_mask, _ops.gaussian_taps(size).data_ptr(), size // 2, maps[0].data_ptr(), maps[1].data_ptr(),
         maps[2].data_ptr(), maps[3].data_ptr(), mask.data_ptr(), torch.get_num_threads(),
     )
     return mask

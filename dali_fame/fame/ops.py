@@ -21,9 +21,11 @@ __all__ = [
     "blur_kernel_size",
     "gaussian_blur",
     "gaussian_kernel1d",
+    "gaussian_taps",
     "kth_largest",
     "kth_smallest",
     "kth_smallest_many",
+    "likelihood_denominator",
     "likelihoods",
     "minmax",
     "seed_thresholds",
@@ -93,6 +95,21 @@ def gaussian_blur(x: torch.Tensor) -> torch.Tensor:
     taps = _taps(k)
     along_w = scratch("blur.along_w", tuple(x.shape), x.dtype, x.device)  # internal: reused
     return _blur_axis(_blur_axis(x, taps, 2, out=along_w), taps, 1)
+
+
+@functools.cache
+def gaussian_taps(size: int, device: str = "cpu") -> torch.Tensor:
+    """:func:`gaussian_kernel1d` as a contiguous tensor on ``device``, built (and copied) once per
+    (size, device): the fused CUDA and native masks pass it to their kernels without a
+    host-to-device copy per call."""
+    return gaussian_kernel1d(size, device=device).contiguous()
+
+
+def likelihood_denominator(k: int) -> float:
+    """float32(k) + float32(1e-8) rounded to float32 (exact as a Python float): the divisor of
+    :func:`likelihoods` for a seed set of k pixels (kB + 1000 for the background). In numpy, so
+    that the fused CUDA path runs no torch op between its launches."""
+    return float(np.float32(np.float32(k) + np.float32(EPS)))
 
 
 @functools.cache
@@ -226,8 +243,8 @@ def likelihoods(counts: torch.Tensor, *, k_fg: int, k_bg: int) -> tuple[torch.Te
     # and pB bit-identical everywhere; without ties they equal the released code's values, whose
     # float32 sums of integer counts are exact. The float32 rounding of (k + 1e-8) is that of
     # float32(k) + float32(1e-8).
-    p_fg = true_div(c_fg, float(torch.tensor(float(k_fg)) + EPS))
-    p_bg = true_div(c_bg, float(torch.tensor(float(k_bg + NUM_BINS)) + EPS))
+    p_fg = true_div(c_fg, likelihood_denominator(k_fg))
+    p_bg = true_div(c_bg, likelihood_denominator(k_bg + NUM_BINS))
     return p_fg, p_bg
 
 
