@@ -110,4 +110,3 @@ def select_fame_backend(requested: str = "auto", device=None) -> Choice:
     if requested == compiled:
         raise ValueError(f"FAME backend {compiled!r} was requested but cannot run: {reason}")
     return Choice("torch", f"{compiled} kernels unavailable ({reason}): torch reference on the {where}")
-
