@@ -135,10 +135,7 @@ def cuda_ops_status(device_index: int = 0) -> tuple[bool, str]:
     The one check behind both ``backend="auto"`` and :func:`dali_fame.backends.select_fame_backend`
     (so ``doctor`` and the trainer report what will really run).
     """
-    ops = _load_cuda_ops(device_index)
-    if isinstance(ops, Ops):
-        return True, "CuPy RawKernels compiled and checked against the reference"
-    return False, f"{type(ops).__name__}: {ops}"
+    return _status(_load_cuda_ops(device_index), lambda: "CuPy RawKernels compiled")
 
 
 @functools.cache
@@ -167,12 +164,16 @@ def _load_native_ops() -> Ops | Exception:
 
 def native_ops_status() -> tuple[bool, str]:
     """Whether the C++ CPU backend builds, loads and agrees with the reference, and why not."""
-    ops = _load_native_ops()
-    if isinstance(ops, Ops):
-        from dali_fame.fame.native import native_status
+    from dali_fame.fame.native import native_status  # lazy, like every backend import here
 
-        return True, native_status()[1] + ", checked against the reference"
-    return False, f"{type(ops).__name__}: {ops}"
+    return _status(_load_native_ops(), lambda: native_status()[1])
+
+
+def _status(loaded: Ops | Exception, describe: Callable[[], str]) -> tuple[bool, str]:
+    """(True, what ran, checked) for loaded ops; (False, the exception as text) otherwise."""
+    if isinstance(loaded, Ops):
+        return True, f"{describe()}, checked against the reference"
+    return False, f"{type(loaded).__name__}: {loaded}"
 
 
 def compiled_backend(device: torch.device) -> str:
