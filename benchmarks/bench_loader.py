@@ -68,7 +68,8 @@ import numpy as np
 import torch
 
 from dali_fame.data import video_io
-from dali_fame.data.cpu_loader import build_cpu_loader, crop_resize_flip
+from dali_fame.data.cpu_loader import build_cpu_loader
+from dali_fame.data.crop import crop_resize_flip
 from dali_fame.data.plan import plan_sample
 from dali_fame.data.records import VideoRecord
 from dali_fame.data.shard import ShardBatchSampler

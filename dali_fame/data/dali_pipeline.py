@@ -319,9 +319,9 @@ def _crop_views_on_host(video: np.ndarray, order: np.ndarray, boxes: np.ndarray,
 
     Returns:
         uint8 ``(V, T, size, size, 3)``: each view gathered, cropped to its box, resized and
-        flipped by the CPU loader's own :func:`~dali_fame.data.cpu_loader.crop_resize_flip`.
+        flipped by :func:`~dali_fame.data.crop.crop_resize_flip`, as in the CPU loader.
     """
-    from dali_fame.data.cpu_loader import crop_resize_flip
+    from dali_fame.data.crop import crop_resize_flip
     from dali_fame.data.plan import CropWindow
 
     out = np.empty((*order.shape, size, size, 3), dtype=np.uint8)
