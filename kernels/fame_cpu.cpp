@@ -364,9 +364,11 @@ int fame_cpu_mask(const unsigned char* clips, int B, int T, int H, int W, int le
   return 0;
 }
 
-// merge_ref: out[b] = clips[b] where mask[b], clips[perm[b]] elsewhere, every frame and channel.
-int fame_cpu_merge(const unsigned char* clips, const unsigned char* mask, const long long* perm,
-                   int B, int T, int H, int W, unsigned char* out, int num_threads) {
+// merge_ref: out[b] = clips[b] where mask[b], background[perm[b]] elsewhere, every frame and
+// channel; background is clips itself for the inter-video merge (both are only read).
+int fame_cpu_merge(const unsigned char* clips, const unsigned char* background,
+                   const unsigned char* mask, const long long* perm, int B, int T, int H, int W,
+                   unsigned char* out, int num_threads) {
   using namespace fame_cpu;
   std::lock_guard<std::mutex> lock(g_mutex);
   const long long hw = static_cast<long long>(H) * W;
@@ -380,7 +382,7 @@ int fame_cpu_merge(const unsigned char* clips, const unsigned char* mask, const 
       keep[3 * p] = keep[3 * p + 1] = keep[3 * p + 2] = k;
     }
     const unsigned char* fg = clips + b * T * n3;
-    const unsigned char* bg = clips + perm[b] * T * n3;
+    const unsigned char* bg = background + perm[b] * T * n3;
     unsigned char* o = out + b * T * n3;
     for (int t = 0; t < T; ++t) select_bytes(fg + t * n3, bg + t * n3, keep, n3, o + t * n3);
   });

@@ -1,17 +1,22 @@
 // merge.cu: FAME foreground-background merging (spec section 2), all frames, per-pixel select.
 //
-// Inputs  clips  uint8   (B, T, H, W, 3) RGB, channels-last, contiguous
-//         mask   uint8   (B, H, W)  non-zero = foreground (a torch.bool mask viewed as uint8)
-//         perm   int64   (B,)       background source clip of each clip
-// merged[b, t, h, w, :] = clips[b, t, h, w, :] if mask[b, h, w] else clips[perm[b], t, h, w, :]
-// A perm entry outside 0..B-1 is never dereferenced: that clip keeps its own pixels (a memory
-// guard; callers pass valid permutations).
+// Inputs  clips       uint8  (B, T, H, W, 3) RGB, channels-last, contiguous: the foregrounds
+//         background  uint8  (B, T, H, W, 3) like clips: the background sources. The launchers
+//                            pass clips itself for FAME's inter-video merge (backgrounds from
+//                            other clips of the batch) and a third clip of each video for the
+//                            intra-video merge; both are only read, so they may alias.
+//         mask        uint8  (B, H, W)  non-zero = foreground (a torch.bool mask viewed as uint8)
+//         perm        int64  (B,)       background source clip of each clip
+// merged[b, t, h, w, :] = clips[b, t, h, w, :] if mask[b, h, w]
+//                         else background[perm[b], t, h, w, :]
+// A perm entry outside 0..B-1 is never dereferenced: background[b] is read instead (clip b's own
+// pixels when background is clips; a memory guard: callers pass valid permutations).
 //
 //   fame_merge                 uint8 out (B, T, H, W, 3); one thread per pixel and frame.
 //   fame_merge_vec16           the same, 16 pixels (48 bytes = 3 x uint4) per thread; reads only
 //                              the source(s) a group actually needs (masks are spatially smooth,
 //                              so most groups read 48 bytes, not 96). Needs H*W % 16 == 0 and
-//                              16-byte aligned clips, mask and out.
+//                              16-byte aligned clips, background, mask and out.
 //   fame_merge_normalize       float32 out (B, 3, T, H, W) = (merged / 255 - mean[c]) / std[c].
 //   fame_merge_normalize_vec16 the same, 16 pixels per thread, float4 stores; same alignment
 //                              rules (out 16-byte aligned).
@@ -48,9 +53,10 @@ __device__ __forceinline__ void expand_mask16(const uint4 m, unsigned int sel[12
   }
 }
 
-// Selected 48 bytes (12 words) of 16 pixels of frame `frame` (fg) / `bg_frame` (bg).
-__device__ __forceinline__ void select16(const uint4* __restrict__ clips_v, long long fg_off,
-                                         long long bg_off, const unsigned int sel[12],
+// Selected 48 bytes (12 words) of 16 pixels: fg_v[fg_off..] where selected, bg_v[bg_off..] elsewhere.
+__device__ __forceinline__ void select16(const uint4* __restrict__ fg_v, long long fg_off,
+                                         const uint4* __restrict__ bg_v, long long bg_off,
+                                         const unsigned int sel[12],
                                          unsigned int out[12]) {
   bool all_fg = true, all_bg = true;
 #pragma unroll
@@ -62,7 +68,7 @@ __device__ __forceinline__ void select16(const uint4* __restrict__ clips_v, long
   if (!all_bg) {
 #pragma unroll
     for (int q = 0; q < 3; ++q) {
-      const uint4 v = clips_v[fg_off + q];
+      const uint4 v = fg_v[fg_off + q];
       fg[4 * q] = v.x;
       fg[4 * q + 1] = v.y;
       fg[4 * q + 2] = v.z;
@@ -75,7 +81,7 @@ __device__ __forceinline__ void select16(const uint4* __restrict__ clips_v, long
   if (!all_fg) {
 #pragma unroll
     for (int q = 0; q < 3; ++q) {
-      const uint4 v = clips_v[bg_off + q];
+      const uint4 v = bg_v[bg_off + q];
       bg[4 * q] = v.x;
       bg[4 * q + 1] = v.y;
       bg[4 * q + 2] = v.z;
@@ -101,6 +107,7 @@ __device__ __forceinline__ void fill_lut(float* lut, const float* __restrict__ m
 }  // namespace fame_merge_detail
 
 extern "C" __global__ void fame_merge(const unsigned char* __restrict__ clips,
+                                      const unsigned char* __restrict__ background,
                                       const unsigned char* __restrict__ mask,
                                       const long long* __restrict__ perm,
                                       unsigned char* __restrict__ out, int num_clips, int T,
@@ -113,9 +120,11 @@ extern "C" __global__ void fame_merge(const unsigned char* __restrict__ clips,
     const long long pix = i - frame * HW;
     const long long b = frame / T;
     const long long t = frame - b * T;
-    const long long src =
-        mask[b * HW + pix] ? b : fame_merge_detail::source_clip(perm, b, num_clips);
-    const unsigned char* in = clips + ((src * T + t) * HW + pix) * 3;
+    const unsigned char* in =
+        mask[b * HW + pix]
+            ? clips + i * 3
+            : background +
+                  ((fame_merge_detail::source_clip(perm, b, num_clips) * T + t) * HW + pix) * 3;
     unsigned char* o = out + i * 3;
     o[0] = in[0];
     o[1] = in[1];
@@ -124,6 +133,7 @@ extern "C" __global__ void fame_merge(const unsigned char* __restrict__ clips,
 }
 
 extern "C" __global__ void fame_merge_vec16(const unsigned char* __restrict__ clips,
+                                            const unsigned char* __restrict__ background,
                                             const unsigned char* __restrict__ mask,
                                             const long long* __restrict__ perm,
                                             unsigned char* __restrict__ out, int num_clips, int T,
@@ -133,6 +143,7 @@ extern "C" __global__ void fame_merge_vec16(const unsigned char* __restrict__ cl
   const long long stride = static_cast<long long>(blockDim.x) * gridDim.x;
   const long long frame_vecs = 3LL * HW / 16;  // uint4 per frame
   const uint4* clips_v = reinterpret_cast<const uint4*>(clips);
+  const uint4* background_v = reinterpret_cast<const uint4*>(background);
   const uint4* mask_v = reinterpret_cast<const uint4*>(mask);
   uint4* out_v = reinterpret_cast<uint4*>(out);
   for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -144,7 +155,7 @@ extern "C" __global__ void fame_merge_vec16(const unsigned char* __restrict__ cl
     const long long src = fame_merge_detail::source_clip(perm, b, num_clips);
     unsigned int sel[12], res[12];
     fame_merge_detail::expand_mask16(mask_v[b * groups + g], sel);
-    fame_merge_detail::select16(clips_v, frame * frame_vecs + 3 * g,
+    fame_merge_detail::select16(clips_v, frame * frame_vecs + 3 * g, background_v,
                                 (src * T + t) * frame_vecs + 3 * g, sel, res);
 #pragma unroll
     for (int q = 0; q < 3; ++q) {
@@ -155,6 +166,7 @@ extern "C" __global__ void fame_merge_vec16(const unsigned char* __restrict__ cl
 }
 
 extern "C" __global__ void fame_merge_normalize(const unsigned char* __restrict__ clips,
+                                                const unsigned char* __restrict__ background,
                                                 const unsigned char* __restrict__ mask,
                                                 const long long* __restrict__ perm,
                                                 const float* __restrict__ mean,
@@ -173,9 +185,11 @@ extern "C" __global__ void fame_merge_normalize(const unsigned char* __restrict_
     const long long pix = i - frame * HW;
     const long long b = frame / T;
     const long long t = frame - b * T;
-    const long long src =
-        mask[b * HW + pix] ? b : fame_merge_detail::source_clip(perm, b, num_clips);
-    const unsigned char* in = clips + ((src * T + t) * HW + pix) * 3;
+    const unsigned char* in =
+        mask[b * HW + pix]
+            ? clips + i * 3
+            : background +
+                  ((fame_merge_detail::source_clip(perm, b, num_clips) * T + t) * HW + pix) * 3;
     float* o = out + (b * 3 * T + t) * HW + pix;  // channel 0 of (b, t, pix)
     o[0] = lut[in[0]];
     o[plane] = lut[256 + in[1]];
@@ -184,6 +198,7 @@ extern "C" __global__ void fame_merge_normalize(const unsigned char* __restrict_
 }
 
 extern "C" __global__ void fame_merge_normalize_vec16(const unsigned char* __restrict__ clips,
+                                                      const unsigned char* __restrict__ background,
                                                       const unsigned char* __restrict__ mask,
                                                       const long long* __restrict__ perm,
                                                       const float* __restrict__ mean,
@@ -199,6 +214,7 @@ extern "C" __global__ void fame_merge_normalize_vec16(const unsigned char* __res
   const long long frame_vecs = 3LL * HW / 16;
   const long long plane_vecs = static_cast<long long>(T) * HW / 4;  // float4 per channel plane
   const uint4* clips_v = reinterpret_cast<const uint4*>(clips);
+  const uint4* background_v = reinterpret_cast<const uint4*>(background);
   const uint4* mask_v = reinterpret_cast<const uint4*>(mask);
   float4* out_v = reinterpret_cast<float4*>(out);
   for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -210,7 +226,7 @@ extern "C" __global__ void fame_merge_normalize_vec16(const unsigned char* __res
     const long long src = fame_merge_detail::source_clip(perm, b, num_clips);
     unsigned int sel[12], res[12];
     fame_merge_detail::expand_mask16(mask_v[b * groups + g], sel);
-    fame_merge_detail::select16(clips_v, frame * frame_vecs + 3 * g,
+    fame_merge_detail::select16(clips_v, frame * frame_vecs + 3 * g, background_v,
                                 (src * T + t) * frame_vecs + 3 * g, sel, res);
     float vals[48];  // vals[16 * c + p]: channel c of pixel p
 #pragma unroll

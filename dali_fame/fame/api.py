@@ -18,7 +18,13 @@ import torch
 
 from dali_fame.fame import ops as _ops
 from dali_fame.fame.dispatch import resolve_ops
-from dali_fame.fame.reference import byte_mask, check_clips, permuted, select_bytes
+from dali_fame.fame.reference import (
+    byte_mask,
+    check_background,
+    check_clips,
+    permuted,
+    select_bytes,
+)
 from dali_fame.fame.variants import VARIANTS, check_grid_beta, gauss_score, grid_mask
 
 __all__ = [
@@ -193,16 +199,7 @@ def _check_mask(mask: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
 
 
 def _check_background(background: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
-    if (
-        not isinstance(background, torch.Tensor)
-        or background.shape != clips.shape
-        or background.dtype != clips.dtype
-        or background.device != clips.device
-    ):
-        raise ValueError(
-            "dali_fame.fame: background clips must match the clips' shape, dtype and device "
-            f"{tuple(clips.shape)} {clips.dtype} {clips.device}"
-        )
+    check_background(background, clips)
     return background.contiguous()
 
 
@@ -240,7 +237,7 @@ def fame_merge(
         perm: int64 (B,), a permutation of the batch (CPU or the clips' device).
         background: None (inter-video: backgrounds come from ``clips[perm]``) or a clip batch like
             ``clips`` (intra-video: backgrounds come from ``background[perm]``, usually with the
-            identity permutation). The intra path always runs in torch.
+            identity permutation). uint8 clips take one kernel either way.
         backend: "auto", "torch" or "cuda".
 
     Returns:
@@ -251,11 +248,11 @@ def fame_merge(
     mask = _check_mask(mask, clips)
     perm = _check_perm(perm, clips.shape[0], clips.device)
     impl = resolve_ops(backend, clips.device)
+    bg = None if background is None else _check_background(background, clips)
     with nvtx_range("fame_merge", clips):
-        if background is None and clips.dtype == torch.uint8:
-            return impl.merge(clips, mask, perm)
-        source = clips if background is None else _check_background(background, clips)
-        return _select(clips, mask, source, perm)
+        if clips.dtype == torch.uint8:
+            return impl.merge(clips, mask, perm, background=bg)
+        return _select(clips, mask, clips if bg is None else bg, perm)
 
 
 def fame_merge_normalize(
@@ -284,13 +281,13 @@ def fame_merge_normalize(
     perm = _check_perm(perm, clips.shape[0], clips.device)
     impl = resolve_ops(backend, clips.device)
     mean_t, std_t = _stats(mean, std, clips.device)
+    bg = None if background is None else _check_background(background, clips)
     with nvtx_range("fame_merge_normalize", clips):
-        if background is None and clips.dtype == torch.uint8:
-            return impl.merge_normalize(clips, mask, perm, mean_t, std_t)
-        source = clips if background is None else _check_background(background, clips)
-        merged = _select(clips, mask, source, perm).permute(0, 4, 1, 2, 3).float()
         if clips.dtype == torch.uint8:
-            merged = merged / 255.0
+            return impl.merge_normalize(clips, mask, perm, mean_t, std_t, background=bg)
+        # float clips in [0, 1]: a torch select, then the normalisation
+        merged = _select(clips, mask, clips if bg is None else bg, perm)
+        merged = merged.permute(0, 4, 1, 2, 3).float()
         view = (3, 1, 1, 1)
         return ((merged - mean_t.view(view)) / std_t.view(view)).contiguous()
 

@@ -287,15 +287,21 @@ def _check_clips_shape(clips: torch.Tensor) -> None:
 
 
 def _check_merge_inputs(
-    clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor
-) -> tuple[torch.device, torch.Tensor]:
+    clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor, background: torch.Tensor | None
+) -> tuple[torch.device, torch.Tensor, torch.Tensor]:
+    """(device, mask as uint8, background sources): ``clips`` itself when background is None."""
     _check_clips_shape(clips)
-    bsz, _, h, w, _ = clips.shape
+    bsz, t, h, w, _ = clips.shape
     _check_dtype_shape("mask", mask, (torch.bool, torch.uint8), (bsz, h, w), "(B, H, W)")
     _check_dtype_shape("perm", perm, (torch.int64,), (bsz,), "(B,)")
-    device = _check_placement(clips=clips, mask=mask, perm=perm)
+    if background is None:
+        background = clips
+    else:  # the kernels index it exactly like clips: same shape and byte layout
+        _check_dtype_shape("background", background, (torch.uint8,), (bsz, t, h, w, 3),
+                           "(B, T, H, W, 3) like clips")
+    device = _check_placement(clips=clips, mask=mask, perm=perm, background=background)
     # bool and uint8 share the byte layout (0 / 1); the kernels read bytes, non-zero = foreground
-    return device, mask.view(torch.uint8)
+    return device, mask.view(torch.uint8), background
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,30 +470,38 @@ def color_histograms_cuda(
     return hist
 
 
-def merge_cuda(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+def merge_cuda(
+    clips: torch.Tensor,
+    mask: torch.Tensor,
+    perm: torch.Tensor,
+    *,
+    background: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Foreground-background merge (spec section 2), a per-pixel select over all frames.
 
     Args:
         clips: uint8 (B, T, H, W, 3) RGB channels-last, contiguous, CUDA.
         mask: bool or uint8 (B, H, W), non-zero = foreground (kept from the clip itself).
         perm: int64 (B,), a permutation of 0..B-1: clip b takes its background from perm[b]
-            (an entry outside 0..B-1 leaves clip b's own pixels in place).
+            (an entry outside 0..B-1 reads background[b]).
+        background: None (the backgrounds are ``clips``: inter-video) or uint8 (B, T, H, W, 3)
+            contiguous like clips (intra-video); one launch either way.
 
     Returns:
         uint8 (B, T, H, W, 3) contiguous, equal to merge_ref.
     """
-    device, mask_u8 = _check_merge_inputs(clips, mask, perm)
+    device, mask_u8, bg = _check_merge_inputs(clips, mask, perm, background)
     bsz, t, h, w, _ = clips.shape
     hw = h * w
     out = torch.empty_like(clips, memory_format=torch.contiguous_format)
-    vec16 = merge_vec16_ok(hw, clips, mask_u8, out)
+    vec16 = merge_vec16_ok(hw, clips, bg, mask_u8, out)
     work = bsz * t * (hw // 16 if vec16 else hw)
     name = "fame_merge_vec16" if vec16 else "fame_merge"
     _launch(
         name,
         device,
         (grid_1d(work, max_blocks=_max_blocks(device.index, name)),),
-        (clips, mask_u8, perm, out, np.int32(bsz), np.int32(t), np.int32(hw)),
+        (clips, bg, mask_u8, perm, out, np.int32(bsz), np.int32(t), np.int32(hw)),
         "fame.merge",
     )
     return out
@@ -499,6 +513,8 @@ def merge_normalize_cuda(
     perm: torch.Tensor,
     mean: torch.Tensor,
     std: torch.Tensor,
+    *,
+    background: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Merge (as :func:`merge_cuda`) fused with normalisation into the model's layout.
 
@@ -508,6 +524,7 @@ def merge_normalize_cuda(
         perm: int64 (B,).
         mean: float32 (3,) per-channel mean on the [0, 1] scale (any device; copied if needed).
         std: float32 (3,) per-channel standard deviation on the [0, 1] scale.
+        background: as :func:`merge_cuda`.
 
     Returns:
         float32 (B, 3, T, H, W) contiguous: ``(x / 255 - mean[c]) / std[c]`` of the merged clip
@@ -515,20 +532,21 @@ def merge_normalize_cuda(
     """
     for name, v in (("mean", mean), ("std", std)):
         _check_dtype_shape(name, v, (torch.float32,), (3,), "(3,)")
-    device, mask_u8 = _check_merge_inputs(clips, mask, perm)
+    device, mask_u8, bg = _check_merge_inputs(clips, mask, perm, background)
     mean_d = mean.to(device).contiguous()
     std_d = std.to(device).contiguous()
     bsz, t, h, w, _ = clips.shape
     hw = h * w
     out = torch.empty((bsz, 3, t, h, w), dtype=torch.float32, device=device)
-    vec16 = merge_vec16_ok(hw, clips, mask_u8, out)
+    vec16 = merge_vec16_ok(hw, clips, bg, mask_u8, out)
     work = bsz * t * (hw // 16 if vec16 else hw)
     name = "fame_merge_normalize_vec16" if vec16 else "fame_merge_normalize"
     _launch(
         name,
         device,
         (grid_1d(work, max_blocks=_max_blocks(device.index, name)),),
-        (clips, mask_u8, perm, mean_d, std_d, out, np.int32(bsz), np.int32(t), np.int32(hw)),
+        (clips, bg, mask_u8, perm, mean_d, std_d, out, np.int32(bsz), np.int32(t),
+         np.int32(hw)),
         "fame.merge_normalize",
     )
     return out

@@ -91,6 +91,11 @@ def _probe(ops: Ops, device: torch.device) -> None:
             ops.merge_normalize(*dev, mean.to(device), std.to(device)).cpu(),
             TORCH_OPS.merge_normalize(*cpu, mean, std),
         ),
+        # intra-video: backgrounds from another batch (here the clips reversed in time)
+        "merge[background]": torch.equal(
+            ops.merge(*dev, background=dev[0].flip(1).contiguous()).cpu(),
+            TORCH_OPS.merge(*cpu, background=clips.flip(1).contiguous()),
+        ),
     }
     if ops.fame_mask is not None:
         from dali_fame.fame.api import fame_mask  # lazy: api imports this module

@@ -134,7 +134,7 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Set the C signatures of the library's three entry points (kernels/fame_cpu.cpp)."""
     lib.fame_cpu_motion_bins.argtypes = [_P, _I, _I, _I, _I, _I, _P, _P, _I]
     lib.fame_cpu_mask.argtypes = [_P, *[_I] * 8, _F, _F, _I, _P, _I, *[_P] * 5, _I]
-    lib.fame_cpu_merge.argtypes = [_P, _P, _P, _I, _I, _I, _I, _P, _I]
+    lib.fame_cpu_merge.argtypes = [_P, _P, _P, _P, _I, _I, _I, _I, _P, _I]
     for fn in (lib.fame_cpu_motion_bins, lib.fame_cpu_mask, lib.fame_cpu_merge):
         fn.restype = _I
     return lib
@@ -233,25 +233,34 @@ def fame_mask_native(
     return mask
 
 
-def merge_native(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+def merge_native(
+    clips: torch.Tensor,
+    mask: torch.Tensor,
+    perm: torch.Tensor,
+    *,
+    background: torch.Tensor | None = None,
+) -> torch.Tensor:
     """:func:`dali_fame.fame.reference.merge_ref` in C++ (byte-identical).
 
     Args:
         clips: uint8 (B, T, H, W, 3) contiguous CPU; mask: bool / uint8 (B, H, W), nonzero =
             foreground; perm: int64 (B,), a permutation (checked by the public API).
+        background: None (inter-video: the backgrounds are ``clips``) or uint8 (B, T, H, W, 3)
+            contiguous like clips (intra-video).
 
     Returns:
         uint8 (B, T, H, W, 3).
     """
     _check_cpu_clips(clips)
-    check_merge_inputs(clips, mask, perm)  # the reference's checks: shapes, dtypes, devices
+    # the reference's checks: shapes, dtypes, devices, contiguity
+    source = check_merge_inputs(clips, mask, perm, background)
     bsz, t, h, w, _ = clips.shape
     mask, perm = mask.cpu().contiguous(), perm.cpu().contiguous()
     if bsz and (int(perm.min()) < 0 or int(perm.max()) >= bsz):  # the C++ would read anywhere
         raise ValueError(f"dali_fame.fame.native: perm values must lie in 0..{bsz - 1}")
     out = torch.empty_like(clips)
     _lib().fame_cpu_merge(
-        clips.data_ptr(), mask.data_ptr(), perm.data_ptr(), bsz, t, h, w, out.data_ptr(),
-        torch.get_num_threads(),
+        clips.data_ptr(), source.data_ptr(), mask.data_ptr(), perm.data_ptr(), bsz, t, h, w,
+        out.data_ptr(), torch.get_num_threads(),
     )
     return out

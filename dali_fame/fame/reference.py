@@ -335,11 +335,36 @@ def color_histograms_ref(
     return counts[:, [2, 1, 5, 4]].to(torch.int32)
 
 
-def check_merge_inputs(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> None:
-    """Raise ValueError unless clips (contiguous clip batch), mask (bool / uint8 (B, H, W)) and
-    perm (int64 (B,)) fit together and share a device (the merges' shared contract)."""
+def check_background(background: torch.Tensor, clips: torch.Tensor) -> None:
+    """Raise ValueError unless ``background`` (intra-video background sources) has the clips'
+    shape, dtype and device."""
+    if (
+        not isinstance(background, torch.Tensor)
+        or background.shape != clips.shape
+        or background.dtype != clips.dtype
+        or background.device != clips.device
+    ):
+        raise ValueError(
+            "dali_fame.fame: background clips must match the clips' shape, dtype and device "
+            f"{tuple(clips.shape)} {clips.dtype} {clips.device}"
+        )
+
+
+def check_merge_inputs(
+    clips: torch.Tensor,
+    mask: torch.Tensor,
+    perm: torch.Tensor,
+    background: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Raise ValueError unless clips (contiguous clip batch), mask (bool / uint8 (B, H, W)), perm
+    (int64 (B,)) and background (None, or a contiguous batch like clips) fit together and share a
+    device (the merges' shared contract). Returns the background sources: ``background``, or
+    ``clips`` itself when it is None (inter-video merging)."""
     check_clips(clips)
     _check_contiguous(clips, "clips")
+    if background is not None:
+        check_background(background, clips)
+        _check_contiguous(background, "background")
     bsz, _, h, w, _ = clips.shape
     if mask.shape != (bsz, h, w) or mask.dtype not in (torch.bool, torch.uint8):
         raise ValueError(
@@ -352,26 +377,35 @@ def check_merge_inputs(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tens
         )
     if mask.device != clips.device or perm.device != clips.device:
         raise ValueError("dali_fame.fame: clips, mask and perm must be on the same device")
+    return clips if background is None else background
 
 
-def merge_ref(clips: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+def merge_ref(
+    clips: torch.Tensor,
+    mask: torch.Tensor,
+    perm: torch.Tensor,
+    *,
+    background: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Foreground-background merge (spec section 2): a per-pixel select, exact in uint8.
 
     Args:
         clips: uint8 (B, T, H, W, 3) RGB channels-last, contiguous.
         mask: bool or uint8 (B, H, W); nonzero = foreground (kept from the clip itself).
         perm: int64 (B,), a permutation of 0..B-1: clip b takes its background from perm[b].
+        background: None (inter-video: the backgrounds are ``clips``) or uint8
+            (B, T, H, W, 3) contiguous like clips (intra-video: a third clip of each video).
 
     Returns:
-        uint8 (B, T, H, W, 3): out[b] = clips[b] where mask[b], clips[perm[b]] elsewhere,
+        uint8 (B, T, H, W, 3): out[b] = clips[b] where mask[b], background[perm[b]] elsewhere,
         for every frame and channel.
     """
-    check_merge_inputs(clips, mask, perm)
+    source = check_merge_inputs(clips, mask, perm, background)
     t = clips.shape[1]
     out = torch.empty_like(clips)
     keep = byte_mask(mask)  # (B, 1, H*W*3)
     # One clip at a time: reads two clips and writes one.
-    for b, bg in enumerate(permuted(clips, perm)):
+    for b, bg in enumerate(permuted(source, perm)):
         select_bytes(clips[b].view(t, -1), bg.view(t, -1), keep[b], out=out[b].view(t, -1))
     return out
 
@@ -417,6 +451,8 @@ def merge_normalize_ref(
     perm: torch.Tensor,
     mean: torch.Tensor,
     std: torch.Tensor,
+    *,
+    background: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Merge (as :func:`merge_ref`) fused with normalisation into the model's layout.
 
@@ -426,12 +462,13 @@ def merge_normalize_ref(
         perm: int64 (B,).
         mean: float32 (3,) per-channel mean on the [0, 1] scale.
         std: float32 (3,) per-channel standard deviation on the [0, 1] scale.
+        background: as :func:`merge_ref`.
 
     Returns:
         float32 (B, 3, T, H, W) contiguous: ``(x / 255 - mean[c]) / std[c]`` of the merged clip,
         in float32 in exactly that order of operations.
     """
-    check_merge_inputs(clips, mask, perm)
+    source = check_merge_inputs(clips, mask, perm, background)
     for name, v in (("mean", mean), ("std", std)):
         if v.shape != (3,) or v.dtype != torch.float32:
             raise ValueError(
@@ -444,7 +481,7 @@ def merge_normalize_ref(
     out = torch.empty(bsz, 3, t, h, w, dtype=torch.float32, device=clips.device)
     d255 = device_scalar(255.0, out)  # a tensor divisor: true division on CUDA
     merged = torch.empty_like(clips[0])
-    for b, bg in enumerate(permuted(clips, perm)):
+    for b, bg in enumerate(permuted(source, perm)):
         select_bytes(clips[b].view(t, -1), bg.view(t, -1), keep[b], out=merged.view(t, -1))
         # one pass converts and transposes (T, H, W, 3) uint8 -> (3, T, H, W) float32
         out[b].copy_(merged.permute(3, 0, 1, 2))

@@ -193,6 +193,42 @@ def test_merge_is_an_exact_per_pixel_select(scene):
     np.testing.assert_array_equal(out_i.numpy(), expected_i)
 
 
+def test_intra_merge_of_uint8_clips_is_one_call_of_the_backends_merge(scene, monkeypatch):
+    # the intra-video merge takes the backend's own merge (one kernel on CUDA), not a torch
+    # select per clip; float clips keep the torch select
+    from dali_fame.fame import api
+    from dali_fame.fame.dispatch import TORCH_OPS, Ops
+
+    clips, _ = scene
+    mask = fame_mask(clips)
+    other = _random_clips(tuple(clips.shape), seed=4)
+    calls = []
+
+    def spy(name):
+        def fn(*args, **kwargs):
+            calls.append((name, kwargs.get("background") is other))
+            return getattr(TORCH_OPS, name)(*args, **kwargs)
+        return fn
+
+    ops = Ops(name="spy", motion_and_bins=TORCH_OPS.motion_and_bins,
+              color_histograms=TORCH_OPS.color_histograms, merge=spy("merge"),
+              merge_normalize=spy("merge_normalize"))
+    monkeypatch.setattr(api, "resolve_ops", lambda backend, device: ops)
+    ident = torch.arange(3)
+    out = fame_merge(clips, mask, ident, background=other)
+    out_n = fame_merge_normalize(clips, mask, ident, background=other)
+    assert calls == [("merge", True), ("merge_normalize", True)]
+    keep = mask[:, None, :, :, None]
+    assert torch.equal(out, torch.where(keep, clips, other))
+    torch.testing.assert_close(
+        out_n, fame_merge_normalize(torch.where(keep, clips, other), torch.ones_like(mask), ident),
+        rtol=0, atol=0,
+    )
+    calls.clear()
+    fame_merge(clips.float() / 255, mask, ident, background=other.float() / 255)
+    assert calls == []
+
+
 def test_merge_normalize_matches_merge_then_normalize(scene):
     clips, _ = scene
     mask = fame_mask(clips)

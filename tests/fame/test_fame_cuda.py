@@ -49,6 +49,13 @@ def test_gpu_merge_equals_the_cpu_reference(clips):
         assert torch.equal(fame_merge(x.cuda(), mask.cuda(), perm, backend=backend).cpu(), cpu)
         gpu_norm = fame_merge_normalize(x.cuda(), mask.cuda(), perm.cuda(), backend=backend)
         torch.testing.assert_close(gpu_norm.cpu(), cpu_norm)
+    # intra-video backgrounds (the clips reversed in time): one merge kernel on "cuda"
+    other = x.flip(1).contiguous()
+    ident = torch.arange(x.shape[0])
+    cpu_i = fame_merge(x, mask, ident, background=other)
+    for backend in _backends():
+        gpu_i = fame_merge(x.cuda(), mask.cuda(), ident, background=other.cuda(), backend=backend)
+        assert torch.equal(gpu_i.cpu(), cpu_i), backend
 
 
 def test_fused_mask_path_is_seven_launches_without_host_sync(clips):

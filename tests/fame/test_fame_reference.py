@@ -161,6 +161,27 @@ def test_merge_ref_is_a_per_pixel_select():
     assert norm.shape == (3, 3, 4, 5, 7) and norm.is_contiguous()
     ref = torch.from_numpy(expected).permute(0, 4, 1, 2, 3).float() / 255 - mean.view(3, 1, 1, 1)
     torch.testing.assert_close(norm, ref / std.view(3, 1, 1, 1))
+    # intra-video: the backgrounds come from background[perm[b]], never from the other clips
+    other = torch.randint(0, 256, (3, 4, 5, 7, 3), dtype=torch.uint8, generator=g)
+    out_i = merge_ref(clips, mask, perm, background=other)
+    expected_i = np.where(m[:, None, :, :, None], c, other.numpy()[perm.numpy()])
+    np.testing.assert_array_equal(out_i.numpy(), expected_i)
+    norm_i = merge_normalize_ref(clips, mask, perm, mean, std, background=other)
+    assert torch.equal(norm_i, merge_normalize_ref(out_i, torch.ones_like(mask), perm, mean, std))
+
+
+def test_merge_ref_hand_computed_intra_example():
+    # 1 clip of 2 frames of 1 x 2 pixels: pixel 0 foreground, pixel 1 background
+    clips = torch.tensor([[[[[1, 2, 3], [4, 5, 6]]], [[[7, 8, 9], [10, 11, 12]]]]], dtype=torch.uint8)
+    other = 100 + clips
+    mask = torch.tensor([[[True, False]]])
+    out = merge_ref(clips, mask, torch.tensor([0]), background=other)
+    expected = [[[[[1, 2, 3], [104, 105, 106]]], [[[7, 8, 9], [110, 111, 112]]]]]
+    assert out.tolist() == expected
+    with pytest.raises(ValueError, match="background"):
+        merge_ref(clips, mask, torch.tensor([0]), background=other[..., :2])
+    with pytest.raises(ValueError, match="background must be contiguous"):
+        merge_ref(clips, mask, torch.tensor([0]), background=other.repeat_interleave(2, -1)[..., ::2])
 
 
 @pytest.mark.parametrize(

@@ -281,6 +281,11 @@ def test_merge_equals_reference(size):
         # the exact select, independently of both implementations
         keep = (mask != 0)[:, None, :, :, None]
         assert torch.equal(got, torch.where(keep, clips, clips[perm]))
+        # intra-video: backgrounds from a second batch
+        other = _random((b, t, h, w, 3), seed=b + 50)
+        got = fame_merge(clips, mask, perm, background=other, backend="native")
+        assert torch.equal(got, torch.where(keep, clips, other[perm]))
+        _assert_equal(got, merge_ref(clips, mask, perm, background=other), "intra")
 
 
 def test_merge_native_accepts_strided_masks_and_repeated_perm_values():

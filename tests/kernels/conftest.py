@@ -120,8 +120,8 @@ class Emu:
         mb, ch, mg = self.libs["motion_bins"], self.libs["color_hist"], self.libs["merge"]
         mb.emu_motion_bins.argtypes = [I, U, U, P, P, P, I, I, I, I]
         ch.emu_color_hist.argtypes = [U, U, U, P, P, P, P, P, I]
-        mg.emu_merge.argtypes = [I, U, U, P, P, P, P, I, I, I]
-        mg.emu_merge_normalize.argtypes = [I, U, U, P, P, P, P, P, P, I, I, I]
+        mg.emu_merge.argtypes = [I, U, U, P, P, P, P, P, I, I, I]
+        mg.emu_merge_normalize.argtypes = [I, U, U, P, P, P, P, P, P, P, I, I, I]
         st = self.libs["selftest"]
         st.emu_selftest_reverse.argtypes = [U, U, P, P, I]
         st.emu_selftest_ids.argtypes = [U, U, U, U, U, U, P]
@@ -207,20 +207,23 @@ class Emu:
         mask: torch.Tensor,
         perm: torch.Tensor,
         *,
+        background: torch.Tensor | None = None,
         path: str = "auto",
         max_blocks: int = EMU_MAX_BLOCKS,
     ) -> torch.Tensor:
         bsz, t, h, w, _ = clips.shape
         hw = h * w
         mask_u8 = mask.view(torch.uint8)
+        bg = clips if background is None else background
         out = torch.empty_like(clips)
-        vec = self._use_vec(path, fcuda.merge_vec16_ok(hw, clips, mask_u8, out))
+        vec = self._use_vec(path, fcuda.merge_vec16_ok(hw, clips, bg, mask_u8, out))
         grid = fcuda.grid_1d(bsz * t * (hw // 16 if vec else hw), max_blocks=max_blocks)
         self.libs["merge"].emu_merge(
             int(vec),
             grid,
             fcuda.BLOCK,
             _ptr(clips),
+            _ptr(bg),
             _ptr(mask_u8),
             _ptr(perm),
             _ptr(out),
@@ -238,20 +241,23 @@ class Emu:
         mean: torch.Tensor,
         std: torch.Tensor,
         *,
+        background: torch.Tensor | None = None,
         path: str = "auto",
         max_blocks: int = EMU_MAX_BLOCKS,
     ) -> torch.Tensor:
         bsz, t, h, w, _ = clips.shape
         hw = h * w
         mask_u8 = mask.view(torch.uint8)
+        bg = clips if background is None else background
         out = torch.empty((bsz, 3, t, h, w), dtype=torch.float32)
-        vec = self._use_vec(path, fcuda.merge_vec16_ok(hw, clips, mask_u8, out))
+        vec = self._use_vec(path, fcuda.merge_vec16_ok(hw, clips, bg, mask_u8, out))
         grid = fcuda.grid_1d(bsz * t * (hw // 16 if vec else hw), max_blocks=max_blocks)
         self.libs["merge"].emu_merge_normalize(
             int(vec),
             grid,
             fcuda.BLOCK,
             _ptr(clips),
+            _ptr(bg),
             _ptr(mask_u8),
             _ptr(perm),
             _ptr(mean),

@@ -197,13 +197,35 @@ def test_launchers_on_emulated_kernels_match_reference(emu_launchers, size):
     assert torch.equal(fcuda.merge_cuda(clips, mask, perm), ref.merge_ref(clips, mask, perm))
     out_n = fcuda.merge_normalize_cuda(clips, mask, perm, MEAN, STD)
     assert torch.equal(out_n, ref.merge_normalize_ref(clips, mask, perm, MEAN, STD))
+    # intra-video: a second batch supplies the backgrounds, still one launch per merge
+    other = tricky_clips(b, t, h, w, seed=25)
+    ident = torch.arange(b)
+    assert torch.equal(fcuda.merge_cuda(clips, mask, ident, background=other),
+                       ref.merge_ref(clips, mask, ident, background=other))
+    out_n = fcuda.merge_normalize_cuda(clips, mask, perm, MEAN, STD, background=other)
+    assert torch.equal(out_n, ref.merge_normalize_ref(clips, mask, perm, MEAN, STD, background=other))
     vec = (h * w) % 16 == 0
+    merges = ["fame_merge_vec16" if vec else "fame_merge",
+              "fame_merge_normalize_vec16" if vec else "fame_merge_normalize"]
     assert emu_launchers == [
         "fame_motion_bins_vec4" if vec else "fame_motion_bins",
         "fame_color_hist",
-        "fame_merge_vec16" if vec else "fame_merge",
-        "fame_merge_normalize_vec16" if vec else "fame_merge_normalize",
+        *merges,
+        *merges,
     ]
+
+
+def test_merge_launchers_reject_a_bad_background(emu_launchers):
+    clips = tricky_clips(2, 3, 8, 14, seed=1)
+    mask = structured_mask(2, 8, 14, seed=2)
+    perm = torch.tensor([1, 0])
+    for bad in (clips[:, :2].contiguous(), clips.float()):  # wrong shape, wrong dtype
+        with pytest.raises(ValueError, match="background"):
+            fcuda.merge_cuda(clips, mask, perm, background=bad)
+    with pytest.raises(ValueError, match="background must be contiguous"):
+        fcuda.merge_normalize_cuda(clips, mask, perm, MEAN, STD,
+                                   background=clips.transpose(2, 3).contiguous().transpose(2, 3))
+    assert emu_launchers == []
 
 
 # ---- on the GPU ------------------------------------------------------------------------------
@@ -247,6 +269,13 @@ def test_merge_cuda_matches_reference(size, mask_dtype):
     ref_n = ref.merge_normalize_ref(clips, mask, perm, MEAN, STD)
     torch.testing.assert_close(out_n.cpu(), ref_n)
     assert torch.equal(out_n.cpu(), ref_n)  # the kernels' lookup table uses the CPU formula
+    other = tricky_clips(b, t, h, w, seed=sum(size) + 1)
+    out_i = fcuda.merge_cuda(clips.cuda(), mask.cuda(), perm.cuda(), background=other.cuda())
+    assert torch.equal(out_i.cpu(), ref.merge_ref(clips, mask, perm, background=other))
+    out_ni = fcuda.merge_normalize_cuda(clips.cuda(), mask.cuda(), perm.cuda(), MEAN, STD,
+                                        background=other.cuda())
+    assert torch.equal(out_ni.cpu(),
+                       ref.merge_normalize_ref(clips, mask, perm, MEAN, STD, background=other))
 
 
 @pytest.mark.cuda

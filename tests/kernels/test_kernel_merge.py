@@ -99,3 +99,58 @@ def test_out_of_range_perm_keeps_the_clip(emu):
     out = emu.merge(clips, mask, perm)
     assert torch.equal(out[0], merge_ref(clips, mask, torch.tensor([1, 0, 2]))[0])
     assert torch.equal(out[1:], clips[1:])
+
+
+# ---- intra-video merging: backgrounds from a second clip batch -----------------------------
+
+
+def _background(size, *, seed):
+    b, t, h, w = size
+    return tricky_clips(b, t, h, w, seed=seed + 100)
+
+
+@pytest.mark.parametrize("size", ODD_SIZES + VEC_SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_background_merges_match_reference_on_both_paths(emu, size):
+    clips, mask, _ = _inputs(size, seed=sum(size) + 7)
+    background = _background(size, seed=sum(size))
+    # the intra-video merge uses the identity; any permutation must work all the same
+    for perm in (torch.arange(size[0]), random_perm(size[0], seed=8)):
+        ref = merge_ref(clips, mask, perm, background=background)
+        ref_n = merge_normalize_ref(clips, mask, perm, MEAN, STD, background=background)
+        for path in ("scalar", "vec") if (size[2] * size[3]) % 16 == 0 else ("scalar",):
+            assert torch.equal(emu.merge(clips, mask, perm, background=background, path=path), ref)
+            out_n = emu.merge_normalize(clips, mask, perm, MEAN, STD, background=background,
+                                        path=path)
+            assert torch.equal(out_n, ref_n)
+
+
+def test_background_merge_takes_no_pixel_of_other_clips(emu):
+    # an empty mask is the background batch itself, a full one the clips: nothing of the other
+    # clips of the batch leaks in (the inter-video source)
+    size = (3, 5, 16, 32)
+    clips, _, _ = _inputs(size, seed=11)
+    background = _background(size, seed=11)
+    ident = torch.arange(3)
+    ones = torch.ones(3, 16, 32, dtype=torch.bool)
+    for path in ("scalar", "vec"):
+        assert torch.equal(emu.merge(clips, ~ones, ident, background=background, path=path),
+                           background)
+        assert torch.equal(emu.merge(clips, ones, ident, background=background, path=path), clips)
+
+
+def test_background_merge_with_misaligned_background_falls_back(emu):
+    size = (3, 2, 8, 14)
+    clips, mask, perm = _inputs(size, seed=12)
+    background = _background(size, seed=12)
+    bg_m = misaligned_copy(background, offset=4)
+    assert bg_m.data_ptr() % 16 != 0
+    ref = merge_ref(clips, mask, perm, background=background)
+    assert torch.equal(emu.merge(clips, mask, perm, background=bg_m), ref)
+
+
+def test_out_of_range_perm_reads_the_clips_own_background(emu):
+    size = (3, 2, 7, 9)
+    clips, mask, _ = _inputs(size, seed=13)
+    background = _background(size, seed=13)
+    out = emu.merge(clips, mask, torch.tensor([1, 7, -1]), background=background)
+    assert torch.equal(out, merge_ref(clips, mask, torch.tensor([1, 1, 2]), background=background))

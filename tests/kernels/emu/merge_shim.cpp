@@ -2,17 +2,18 @@
 #include "merge.cu"
 
 extern "C" void emu_merge(int vec16, unsigned int grid, unsigned int block,
-                          const unsigned char* clips, const unsigned char* mask,
-                          const long long* perm, unsigned char* out, int num_clips, int T,
-                          int HW) {
-  emu_launch(vec16 ? fame_merge_vec16 : fame_merge, dim3(grid), dim3(block), clips, mask, perm,
-             out, num_clips, T, HW);
+                          const unsigned char* clips, const unsigned char* background,
+                          const unsigned char* mask, const long long* perm, unsigned char* out,
+                          int num_clips, int T, int HW) {
+  emu_launch(vec16 ? fame_merge_vec16 : fame_merge, dim3(grid), dim3(block), clips, background,
+             mask, perm, out, num_clips, T, HW);
 }
 
 extern "C" void emu_merge_normalize(int vec16, unsigned int grid, unsigned int block,
-                                    const unsigned char* clips, const unsigned char* mask,
-                                    const long long* perm, const float* mean, const float* stdev,
-                                    float* out, int num_clips, int T, int HW) {
+                                    const unsigned char* clips, const unsigned char* background,
+                                    const unsigned char* mask, const long long* perm,
+                                    const float* mean, const float* stdev, float* out,
+                                    int num_clips, int T, int HW) {
   emu_launch(vec16 ? fame_merge_normalize_vec16 : fame_merge_normalize, dim3(grid), dim3(block),
-             clips, mask, perm, mean, stdev, out, num_clips, T, HW);
+             clips, background, mask, perm, mean, stdev, out, num_clips, T, HW);
 }
