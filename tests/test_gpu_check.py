@@ -106,12 +106,19 @@ def test_probe_accepts_the_reference_and_catches_a_wrong_kernel():
     from dali_fame.fame import dispatch
 
     dispatch._probe(dispatch.TORCH_OPS, torch.device("cpu"))
-    wrong = dispatch.Ops("cuda", dispatch.TORCH_OPS.motion_and_bins,
-                         dispatch.TORCH_OPS.color_histograms,
-                         lambda c, m, p: dispatch.TORCH_OPS.merge(c, ~m.bool(), p),
-                         dispatch.TORCH_OPS.merge_normalize)
-    with pytest.raises(RuntimeError, match="merge"):
-        dispatch._probe(wrong, torch.device("cpu"))
+    def ops(merge):
+        return dispatch.Ops("cuda", dispatch.TORCH_OPS.motion_and_bins,
+                            dispatch.TORCH_OPS.color_histograms, merge,
+                            dispatch.TORCH_OPS.merge_normalize)
+
+    inverted = ops(lambda c, m, p, background=None: dispatch.TORCH_OPS.merge(
+        c, ~m.bool(), p, background=background))
+    with pytest.raises(RuntimeError, match="'merge'"):
+        dispatch._probe(inverted, torch.device("cpu"))
+    # a merge that ignores the intra-video backgrounds
+    inter_only = ops(lambda c, m, p, background=None: dispatch.TORCH_OPS.merge(c, m, p))
+    with pytest.raises(RuntimeError, match=r"\['merge\[background\]'\]"):
+        dispatch._probe(inter_only, torch.device("cpu"))
 
 
 def test_missing_cupy_is_caught_at_selection(monkeypatch):

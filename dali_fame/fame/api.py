@@ -18,13 +18,7 @@ import torch
 
 from dali_fame.fame import ops as _ops
 from dali_fame.fame.dispatch import resolve_ops
-from dali_fame.fame.reference import (
-    byte_mask,
-    check_background,
-    check_clips,
-    permuted,
-    select_bytes,
-)
+from dali_fame.fame.reference import check_background, check_clips, permuted
 from dali_fame.fame.variants import VARIANTS, check_grid_beta, gauss_score, grid_mask
 
 __all__ = [
@@ -206,17 +200,11 @@ def _check_background(background: torch.Tensor, clips: torch.Tensor) -> torch.Te
 def _select(
     clips: torch.Tensor, mask: torch.Tensor, background: torch.Tensor, perm: torch.Tensor
 ) -> torch.Tensor:
-    """out[b] = clips[b] where mask[b] else background[perm[b]]; any dtype, torch only."""
+    """out[b] = clips[b] where mask[b] else background[perm[b]], for float clips (uint8 clips go
+    to the backend's merge kernel)."""
     out = torch.empty_like(clips)
-    t = clips.shape[1]
-    sources = permuted(background, perm)  # no host read of a GPU perm
-    if clips.dtype == torch.uint8:
-        keep_bytes = byte_mask(mask)
-        for b, bg in enumerate(sources):
-            select_bytes(clips[b].view(t, -1), bg.view(t, -1), keep_bytes[b], out=out[b].view(t, -1))
-        return out
     keep = mask.bool()[:, None, :, :, None]
-    for b, bg in enumerate(sources):
+    for b, bg in enumerate(permuted(background, perm)):  # no host read of a GPU perm
         torch.where(keep[b], clips[b], bg, out=out[b])
     return out
 
