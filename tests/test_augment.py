@@ -45,6 +45,7 @@ def test_shape_dtype_and_ops_equal_torchvision_per_frame():
     assert 0 < params.jitter.sum() < 12 and 0 < params.gray.sum() and 0 < params.blur.sum()
     out = aug(clips, params=params)
     assert out.dtype == torch.float32 and out.shape == (12, 3, 3, 24, 24)
+    assert out.is_contiguous()  # NCDHW, the layout both encoders get
     torch.testing.assert_close(out, _reference(aug, clips, params), atol=2e-4, rtol=1e-4)
 
 

@@ -146,11 +146,11 @@ def main(argv=None) -> int:
         elif debias is not None:
             out = debias(v0, v1, generator=gen)
             v0, v1 = out.view0, out.view1
-        # contiguous NCDHW for both encoders (ClipAugment's output has channels_last_3d strides;
-        # the key encoder's shuffle path makes its input contiguous): one memory format, one
-        # set of cuDNN kernels for the query and the key encoder
-        x0 = augment(v0, generator=gen).contiguous()  # (B, 3, T, H, W) float
-        x1 = augment(v1, generator=gen).contiguous()
+        # ClipAugment returns contiguous NCDHW (B, 3, T, H, W) float, the layout the key
+        # encoder's shuffle path also uses: one memory format, one set of cuDNN kernels for the
+        # query and the key encoder
+        x0 = augment(v0, generator=gen)
+        x1 = augment(v1, generator=gen)
         with accelerator.autocast():
             result = model(x0, x1)
         if cfg.train.image_every and (step + 1) % cfg.train.image_every == 1 and accelerator.is_main_process:

@@ -39,8 +39,8 @@ def test_two_pretraining_steps_without_host_sync(backend):
         nonlocal first_bad
         gen = step_generator(0, index, 0)
         out = fame(views[:, 0], views[:, 1], generator=gen)
-        x0 = augment(out.view0, generator=gen).contiguous()
-        x1 = augment(out.view1, generator=gen).contiguous()
+        x0 = augment(out.view0, generator=gen)
+        x1 = augment(out.view1, generator=gen)
         result = model(x0, x1)
         loss = result["loss"]
         first_bad = torch.where(~torch.isfinite(loss.detach()) & (first_bad < 0), index, first_bad)
