@@ -21,12 +21,12 @@ clips' device in one packed, pinned, non-blocking copy, so a seeded run gives th
 torchvision's ``transforms.v2.functional`` definitions (contrast uses each frame's mean luma, as
 the image op applied frame by frame would).
 
-Why not kornia's ``VideoSequential`` (the paper's choice)? Measured here (CPU time, one torch
-thread, min of 7, batch 8 clips x 16 frames x 112 x 112, the same jitter/grayscale/blur/normalise
-with ``same_on_frame=True``; kornia 0.9.0, torch 2.14): at the spec's probabilities this module
-takes 101 ms per batch vs kornia's 187 ms (medians 138 vs 241), with every op on 131 ms vs 189 ms
-(medians 160 vs 244). It also draws from
-a passed generator (kornia uses torch's global RNG) and matches torchvision's image ops applied
+Why not kornia's ``VideoSequential`` (the paper's choice)? On this project's 2-core CPU machine
+``benchmarks/bench_augment.py`` measured the whole augmentation at the spec's probabilities
+2.3x faster than kornia 0.9 (8 clips x 16 x 112 x 112: 69 vs 159 ms) and 1.4x faster than
+torchvision's image ops clip by clip (:func:`torchvision_reference`), in one run
+(benchmarks/results/augment.md). It also draws from a passed generator (kornia uses torch's
+global RNG) and matches torchvision's image ops applied
 frame by frame (tests/test_augment.py). Vectorised: each jitter op runs once per slot on the
 sub-batch of clips that drew it there (index_select / in-place index_copy_), the blur is one
 grouped separable convolution with a per-clip kernel.
@@ -180,6 +180,41 @@ def _to_device_packed(
         out.append(dev_ints[start:start + part.numel()])
         start += part.numel()
     return out, dev_factors
+
+
+def torchvision_reference(aug: ClipAugment, clips: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+    """What :class:`ClipAugment` computes, spelled with torchvision's image ops clip by clip.
+
+    Each clip's frames go through ``torchvision.transforms.v2.functional`` as a batch of images
+    with that clip's drawn parameters, in the module's order (grayscale, the jitter ops in the
+    drawn order, blur, normalise). The independent definition the tests compare with, and the
+    per-clip alternative ``benchmarks/bench_augment.py`` times.
+
+    Args:
+        aug: the augmentation whose kernel size and statistics apply.
+        clips: uint8 (B, T, H, W, 3) on any device.
+        params: :meth:`ClipAugment.draw`'s CPU draws for these B clips.
+
+    Returns:
+        float32 (B, 3, T, H, W), equal to ``aug(clips, params=params)`` up to float rounding.
+    """
+    import torchvision.transforms.v2.functional as TF  # lazy: only the tests and the benchmark
+
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    factors = (params.brightness, params.contrast, params.saturation, params.hue)
+    out = []
+    for i, clip in enumerate(clips):
+        x = clip.permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W): frames as images
+        if params.gray[i]:
+            x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        if params.jitter[i]:
+            for op in params.order[i].tolist():
+                x = ops[op](x, float(factors[op][i]))
+        if params.blur[i]:
+            k = aug.kernel_size
+            x = TF.gaussian_blur(x, [k, k], [float(params.sigma[i])] * 2)
+        out.append(TF.normalize(x, list(aug.mean), list(aug.std)).permute(1, 0, 2, 3))
+    return torch.stack(out)
 
 
 class ClipAugment:

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision.transforms.v2.functional as TF
 
-from dali_fame.augment import K400_MEAN, K400_STD, ClipAugment, blur_kernel_size
+from dali_fame.augment import (
+    K400_MEAN,
+    K400_STD,
+    ClipAugment,
+    blur_kernel_size,
+    torchvision_reference,
+)
 
 MEAN = torch.tensor(K400_MEAN).view(1, 3, 1, 1, 1)
 STD = torch.tensor(K400_STD).view(1, 3, 1, 1, 1)
@@ -16,25 +21,6 @@ STD = torch.tensor(K400_STD).view(1, 3, 1, 1, 1)
 def _clips(b: int, t: int, s: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (b, t, s, s, 3), dtype=torch.uint8, generator=g)
-
-
-def _reference(aug: ClipAugment, clips: torch.Tensor, params) -> torch.Tensor:
-    """torchvision's image ops applied frame by frame with each clip's drawn parameters."""
-    out = []
-    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-    factors = (params.brightness, params.contrast, params.saturation, params.hue)
-    for i, clip in enumerate(clips):
-        x = clip.permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W): frames as images
-        if params.gray[i]:  # the released recipe: grayscale, then jitter, then blur
-            x = TF.rgb_to_grayscale(x, num_output_channels=3)
-        if params.jitter[i]:
-            for op in params.order[i].tolist():
-                x = ops[op](x, float(factors[op][i]))
-        if params.blur[i]:
-            k = aug.kernel_size
-            x = TF.gaussian_blur(x, [k, k], [float(params.sigma[i])] * 2)
-        out.append(TF.normalize(x, list(K400_MEAN), list(K400_STD)).permute(1, 0, 2, 3))
-    return torch.stack(out)
 
 
 def test_shape_dtype_and_ops_equal_torchvision_per_frame():
@@ -46,7 +32,7 @@ def test_shape_dtype_and_ops_equal_torchvision_per_frame():
     out = aug(clips, params=params)
     assert out.dtype == torch.float32 and out.shape == (12, 3, 3, 24, 24)
     assert out.is_contiguous()  # NCDHW, the layout both encoders get
-    torch.testing.assert_close(out, _reference(aug, clips, params), atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(out, torchvision_reference(aug, clips, params), atol=2e-4, rtol=1e-4)
 
 
 def test_every_frame_of_a_clip_gets_the_same_transform():
