@@ -32,6 +32,7 @@ import argparse
 from pathlib import Path
 
 from dali_fame.engine.flags import add_run_flags
+from dali_fame.engine.logs import run_main
 from dali_fame.eval.config import cli_overrides, load_eval_config
 from dali_fame.eval.finetune import run_finetune
 from dali_fame.gpu_check import check_gpu_usable
@@ -56,4 +57,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -34,7 +34,7 @@ from dali_fame.config import ConfigError, flatten, load_config, parse_override, 
 from dali_fame.engine.checkpoint import list_checkpoints
 from dali_fame.engine.data import build_loader, load_split
 from dali_fame.engine.flags import add_run_flags
-from dali_fame.engine.logs import setup_logging
+from dali_fame.engine.logs import run_main, setup_logging
 from dali_fame.engine.loop import StepOutput, report_replaced, restore, step_generator, train
 from dali_fame.engine.monitor import clip_mask_grid, replica_fingerprint
 from dali_fame.fame import FAME, BackgroundErasing
@@ -191,4 +191,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -35,7 +35,7 @@ from accelerate.utils import set_seed
 from dali_fame.config import flatten, save_config, to_dict
 from dali_fame.engine.data import build_loader, load_split
 from dali_fame.engine.flags import add_run_flags
-from dali_fame.engine.logs import setup_logging
+from dali_fame.engine.logs import run_main, setup_logging
 from dali_fame.eval.config import (
     RECALL_KS,
     cli_overrides,
@@ -211,4 +211,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from tqdm.auto import tqdm
 
@@ -71,3 +73,24 @@ def setup_logging(
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)  # warnings.warn (e.g. the FAME backend fallback) -> both
     return path
+
+
+def run_main(main: Callable[[], int | None]) -> NoReturn:
+    """``raise SystemExit(main())`` for the training scripts, except that a SystemExit carrying a
+    message (``raise SystemExit("error: ...")``) is written to stderr as one line in one write,
+    then the process exits with status 1.
+
+    Python's own handler writes such a message and its newline as two writes, so with
+    PYTHONUNBUFFERED (as on this project's machines) two ranks stopping together, which agreed
+    errors make them do, could splice their lines in a shared terminal or pipe. One write of a
+    line shorter than PIPE_BUF (4096 bytes) cannot be split.
+    """
+    try:
+        code = main()
+    except SystemExit as stop:
+        if not isinstance(stop.code, str):
+            raise
+        sys.stderr.write(stop.code + "\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None
+    raise SystemExit(code)

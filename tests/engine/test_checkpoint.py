@@ -207,11 +207,14 @@ _TWO_RANKS = textwrap.dedent("""
     run_dir = Path(sys.argv[1])
     if accelerator.process_index == 1:  # a rank that would see every checkpoint as damaged
         ck.verify_checkpoint = lambda path, **kw: ["rank 1 must not decide"]
+    # one write per line: with PYTHONUNBUFFERED, print() writes the text and its newline
+    # separately, and the two ranks share one pipe
     try:
         chosen = ck.resolve_resume(sys.argv[2], run_dir, accelerator=accelerator)
-        print(f"rank {accelerator.process_index} chose {chosen.name}", flush=True)
+        sys.stdout.write(f"rank {accelerator.process_index} chose {chosen.name}\\n")
     except ValueError as err:
-        print(f"rank {accelerator.process_index} refused: {err}", flush=True)
+        sys.stdout.write(f"rank {accelerator.process_index} refused: {err}\\n")
+    sys.stdout.flush()
     accelerator.wait_for_everyone()
     accelerator.end_training()  # destroys the gloo group: exiting with it alive can abort
 """)
