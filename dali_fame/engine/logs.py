@@ -34,7 +34,9 @@ class _TqdmConsole(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=sys.stderr)  # tqdm.write's default is stdout
+            # tqdm.write's default is stdout; the line and its newline in one write (tqdm.write
+            # writes ``end`` separately), so two ranks' warnings never splice (see run_main)
+            tqdm.write(self.format(record) + "\n", file=sys.stderr, end="")
         except Exception:  # noqa: BLE001 - logging must never take the run down
             self.handleError(record)
 
