@@ -25,9 +25,13 @@ _FORMAT = "%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s"
 class _TqdmConsole(logging.Handler):
     """Warnings, errors and the script's INFO lines on stderr, written above any progress bar."""
 
-    def __init__(self, script_loggers: tuple[str, ...]) -> None:
+    def __init__(self, script_loggers: tuple[str, ...], *, clear_line: bool = False) -> None:
         super().__init__(level=logging.INFO)
         self.script_loggers = script_loggers
+        # a rank other than the main one cannot move the main process's progress bar out of the
+        # way (tqdm.write only clears this process's bars): on a terminal it erases the bar's
+        # line first, and the bar redraws below the warning
+        self.prefix = "\r\x1b[K" if clear_line else ""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or record.name in self.script_loggers
@@ -36,7 +40,7 @@ class _TqdmConsole(logging.Handler):
         try:
             # tqdm.write's default is stdout; the line and its newline in one write (tqdm.write
             # writes ``end`` separately), so two ranks' warnings never splice (see run_main)
-            tqdm.write(self.format(record) + "\n", file=sys.stderr, end="")
+            tqdm.write(self.prefix + self.format(record) + "\n", file=sys.stderr, end="")
         except Exception:  # noqa: BLE001 - logging must never take the run down
             self.handleError(record)
 
@@ -66,7 +70,7 @@ def setup_logging(
     file_handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     file_handler.setLevel(logging.INFO if is_main else logging.WARNING)
     file_handler.setFormatter(logging.Formatter(_FORMAT.format(rank=rank)))
-    console = _TqdmConsole((script,) if script else ())
+    console = _TqdmConsole((script,) if script else (), clear_line=not is_main and sys.stderr.isatty())
     # no rank here: accelerate's get_logger prefixes "[RANK r]"; log.txt names every line's rank
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     for handler in (file_handler, console):

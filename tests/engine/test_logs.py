@@ -52,3 +52,28 @@ def test_two_ranks_writing_together_never_splice_their_lines(tmp_path, mode, pre
             text = shared.read()
         assert [p.wait() for p in procs] == [status, status]
         assert sorted(text.splitlines()) == expected, text[:300]
+
+
+@pytest.mark.parametrize(("is_main", "tty", "prefix"),
+                         [(True, True, ""), (False, True, "\r\x1b[K"), (False, False, "")])
+def test_other_ranks_erase_the_main_bar_line_on_a_terminal_only(tmp_path, monkeypatch, capsys,
+                                                                is_main, tty, prefix):
+    # only the main process draws the progress bar; another rank's warning on a terminal first
+    # erases that line (the bar redraws below it); in a pipe or file nothing but the line itself
+    import logging
+
+    from dali_fame.engine.logs import setup_logging
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    setup_logging(tmp_path, rank=0 if is_main else 1, is_main=is_main)
+    try:
+        logging.getLogger("dali_fame.test").warning("bad video x.mp4")
+        err = capsys.readouterr().err
+        assert err == prefix + "WARNING dali_fame.test: bad video x.mp4\n"
+        log = (tmp_path / "log.txt").read_text()
+        assert f"rank {0 if is_main else 1} WARNING dali_fame.test: bad video x.mp4" in log
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            if getattr(handler, "_dali_fame", False):
+                logging.getLogger().removeHandler(handler)
+                handler.close()
