@@ -132,7 +132,8 @@ def bench_setting(name: str, *, device: torch.device, repeats: int) -> list[dict
     x = clips.permute(0, 4, 1, 2, 3).contiguous().float().div_(255.0)
     f = torch.full((b,), 1.2, device=device)
     ops = {
-        "uint8 -> float NCDHW": lambda: clips.permute(0, 4, 1, 2, 3).contiguous().float().div_(255.0),
+        "uint8 -> float NCDHW":
+            lambda: clips.permute(0, 4, 1, 2, 3).contiguous().float().div_(255.0),
         "grayscale": lambda: _luma(x).expand(-1, 3, -1, -1, -1).contiguous(),
         "brightness": lambda: adjust_brightness(x, f),
         "contrast": lambda: adjust_contrast(x, f),
@@ -175,19 +176,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    settings = args.settings or (["r2plus1d", "i3d"] if device.type == "cuda" else ["demo", "r2plus1d"])
+    default = ["r2plus1d", "i3d"] if device.type == "cuda" else ["demo", "r2plus1d"]
+    settings = args.settings or default
     rows = []
     for name in settings:
         for r in bench_setting(name, device=device, repeats=args.repeats):
             rows.append(r)
-            ratio = f"  ({r['vs_ClipAugment']:.2f}x ClipAugment's time)" if "vs_ClipAugment" in r else ""
+            ratio = (f"  ({r['vs_ClipAugment']:.2f}x ClipAugment's time)"
+                     if "vs_ClipAugment" in r else "")
             print(f"{name:9s} {r['implementation']:23s} {r['stage']:20s} "
                   f"{r['median_ms']:8.1f} ms{ratio}", flush=True)
     kornia = (f"kornia {importlib.import_module('kornia').__version__}"
               if importlib.util.find_spec("kornia") else "kornia not installed")
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else None
     header = (f"# Augmentation benchmark\n\ntorch {torch.__version__}, {kornia}, {gpu or 'CPU'} "
-              f"({platform.machine()}, {torch.get_num_threads()} threads); median of {args.repeats} "
+              f"({platform.machine()}, {torch.get_num_threads()} threads); "
+              f"median of {args.repeats} "
               f"calls after one warm-up; command: `python benchmarks/bench_augment.py "
               f"{' '.join(sys.argv[1:] if argv is None else argv)}`")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -182,7 +182,9 @@ def _to_device_packed(
     return out, dev_factors
 
 
-def torchvision_reference(aug: ClipAugment, clips: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+def torchvision_reference(
+    aug: ClipAugment, clips: torch.Tensor, params: AugmentParams
+) -> torch.Tensor:
     """What :class:`ClipAugment` computes, spelled with torchvision's image ops clip by clip.
 
     Each clip's frames go through ``torchvision.transforms.v2.functional`` as a batch of images
@@ -229,8 +231,8 @@ class ClipAugment:
         mean, std: normalisation (Kinetics-400).
 
     Call ``aug(clips, generator=g)``: clips uint8 ``(B, T, H, W, 3)`` (channels-last, any
-    device) -> float32 ``(B, 3, T, H, W)`` contiguous (NCDHW), normalised, on the clips' device. ``g`` is a CPU
-    ``torch.Generator`` (None: torch's default CPU generator).
+    device) -> float32 ``(B, 3, T, H, W)`` contiguous (NCDHW), normalised, on the clips'
+    device. ``g`` is a CPU ``torch.Generator`` (None: torch's default CPU generator).
     """
 
     def __init__(

@@ -70,7 +70,8 @@ def setup_logging(
     file_handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     file_handler.setLevel(logging.INFO if is_main else logging.WARNING)
     file_handler.setFormatter(logging.Formatter(_FORMAT.format(rank=rank)))
-    console = _TqdmConsole((script,) if script else (), clear_line=not is_main and sys.stderr.isatty())
+    console = _TqdmConsole((script,) if script else (),
+                           clear_line=not is_main and sys.stderr.isatty())
     # no rank here: accelerate's get_logger prefixes "[RANK r]"; log.txt names every line's rank
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     for handler in (file_handler, console):

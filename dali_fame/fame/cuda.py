@@ -617,7 +617,6 @@ class FameMaskResult:
     launches: int
 
 
-
 def run_fame_mask(
     clips: torch.Tensor,
     *,

@@ -227,8 +227,9 @@ def fame_mask_native(
         clips.data_ptr(), bsz, t, h, w, int(bool(legacy_hue)), int(variant == "seed"),
         k_fg, k_bg, _ops.likelihood_denominator(k_fg),
         _ops.likelihood_denominator(k_bg + NUM_BINS),
-        k_mask, _ops.gaussian_taps(size).data_ptr(), size // 2, maps[0].data_ptr(), maps[1].data_ptr(),
-        maps[2].data_ptr(), maps[3].data_ptr(), mask.data_ptr(), torch.get_num_threads(),
+        k_mask, _ops.gaussian_taps(size).data_ptr(), size // 2, maps[0].data_ptr(),
+        maps[1].data_ptr(), maps[2].data_ptr(), maps[3].data_ptr(), mask.data_ptr(),
+        torch.get_num_threads(),
     )
     return mask
 

@@ -38,7 +38,8 @@ _CHILD = textwrap.dedent("""
 
 @pytest.mark.parametrize(("mode", "prefix", "repeat", "status"),
                          [("exit", "error: ", 1, 1), ("warn", "WARNING ", 5, 0)])
-def test_two_ranks_writing_together_never_splice_their_lines(tmp_path, mode, prefix, repeat, status):
+def test_two_ranks_writing_together_never_splice_their_lines(tmp_path, mode, prefix, repeat,
+                                                             status):
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
